@@ -1,0 +1,58 @@
+# One command sets up and runs the pipeline (`make repro`), one sets up and runs the tests
+# (`make test`). Everything installs into .venv from requirements.lock (exact pins).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+STAMP := $(VENV)/.installed
+HOST ?= 127.0.0.1
+PORT ?= 5000
+PYTEST_ARGS ?=
+
+export PATH := $(BIN):$(PATH)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup repro test test-fast ui params lint clean help
+
+help:
+	@echo "make repro   set up .venv, dvc pull the data, dvc repro the pipeline, show metrics"
+	@echo "make test    set up .venv and run the test suite (what CI runs)"
+	@echo "make ui      MLflow UI over the project's store on http://$(HOST):$(PORT)"
+	@echo "make params  recompose params.yaml from conf/ (Hydra)"
+	@echo "make lint    ruff + mypy on src/"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements.lock
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	@touch $@
+
+repro: $(STAMP)
+	$(BIN)/dvc pull data.dvc
+	$(BIN)/dvc repro
+	$(BIN)/dvc metrics show
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+ui: $(STAMP)
+	@mkdir -p mlruns/artifacts
+	$(BIN)/mlflow ui --host $(HOST) --port $(PORT) \
+		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts
+
+params: $(STAMP)
+	$(BIN)/imgclf params
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy src
+
+clean:
+	rm -rf artifacts .pytest_cache

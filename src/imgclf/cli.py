@@ -1,0 +1,172 @@
+"""The ``imgclf`` command: one subcommand per DVC stage, plus ``predict``.
+
+Stage subcommands are the doors of :mod:`imgclf.stages`: they load and validate ``params.yaml``,
+set up logging, call the stage's ``run`` and turn expected failures into a one-line message and
+a non-zero exit. The stages themselves never read argv or params.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("imgclf")
+
+EXIT_USER_ERROR = 2
+
+
+def _setup(verbose: bool = False) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "absl", "h5py"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _stage(name: str, args: argparse.Namespace) -> None:
+    from imgclf.config import load_config
+
+    cfg = load_config(args.params)
+    started = time.perf_counter()
+    if name == "ingest":
+        from imgclf.stages import ingest
+
+        ingest.run(cfg, in_dir=Path(args.data), out_dir=Path(args.out))
+    elif name == "preprocess":
+        from imgclf.stages import preprocess
+
+        preprocess.run(cfg, data_dir=Path(args.data), ingest_dir=Path(args.ingest),
+                       out_dir=Path(args.out))
+    elif name == "train":
+        from imgclf.stages import train
+
+        train.run(cfg, in_dir=Path(args.preprocess), out_dir=Path(args.out))
+    elif name == "evaluate":
+        from imgclf.stages import evaluate
+
+        evaluate.run(cfg, preprocess_dir=Path(args.preprocess), train_dir=Path(args.train),
+                     out_dir=Path(args.out))
+    elif name == "export":
+        from imgclf.stages import export
+
+        export.run(cfg, preprocess_dir=Path(args.preprocess), train_dir=Path(args.train),
+                   evaluate_dir=Path(args.evaluate), out_dir=Path(args.out))
+    log.info("%s: done in %.1f s", name, time.perf_counter() - started)
+
+
+def _params(args: argparse.Namespace) -> int:
+    from imgclf.compose import compose_params, write_params
+
+    conf, out = Path(args.conf), Path(args.out)
+    if args.check:
+        current = out.read_text(encoding="utf-8") if out.is_file() else ""
+        if current != compose_params(conf, args.overrides):
+            log.error("%s is out of date with %s: run `make params` and commit it", out, conf)
+            return 1
+        log.info("%s matches %s", out, conf)
+        return 0
+    changed = write_params(conf, out, args.overrides)
+    log.info("%s %s", out, "written" if changed else "already up to date")
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from imgclf.predict import collect_images, load_model, predict_files
+
+    files = collect_images(args.paths)
+    if not files:
+        raise FileNotFoundError(f"no files found in {' '.join(args.paths)}")
+    loaded = load_model(args.model)
+    results = predict_files(loaded, files)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    else:
+        for r in results:
+            if r.error:
+                print(f"{r.path}\tERROR\t{r.error}")
+            else:
+                print(f"{r.path}\t{r.label}\t{r.probability:.4f}")
+    failed = [r for r in results if r.error]
+    if failed:
+        print(f"{len(failed)} of {len(results)} files could not be read", file=sys.stderr)
+        return 1
+    return 0
+
+
+STAGE_ARGS: dict[str, tuple[str, ...]] = {
+    "ingest": ("data",),
+    "preprocess": ("data", "ingest"),
+    "train": ("preprocess",),
+    "evaluate": ("preprocess", "train"),
+    "export": ("preprocess", "train", "evaluate"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="imgclf", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for stage, inputs in STAGE_ARGS.items():
+        p = sub.add_parser(stage, help=f"run the {stage} stage (as dvc.yaml does)")
+        p.add_argument("--params", default="params.yaml", help="composed params file")
+        for name in inputs:
+            p.add_argument(f"--{name}", required=True, help=f"{name} folder")
+        p.add_argument("--out", required=True, help="output folder")
+    p = sub.add_parser("params", help="compose conf/ (Hydra) into params.yaml, as dvc exp run does")
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optimizer=sgd")
+    p.add_argument("--conf", default="conf", help="Hydra config folder")
+    p.add_argument("--out", default="params.yaml")
+    p.add_argument("--check", action="store_true",
+                   help="exit 1 if the file differs from the composition instead of writing")
+    p = sub.add_parser("predict", help="classify image files or folders")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", default=None,
+                   help="model URI (default models:/idcards@champion) or a .h5/.keras file")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``imgclf`` console script."""
+    args = build_parser().parse_args(argv)
+    _setup(args.verbose)
+    from imgclf.config import ConfigError
+    from imgclf.dataset import DatasetError
+    from imgclf.predict import DEFAULT_MODEL_URI, ModelLoadError
+    from imgclf.stages.ingest import IngestError
+
+    expected: tuple[type[BaseException], ...] = (
+        ConfigError, DatasetError, IngestError, ModelLoadError, FileNotFoundError,
+    )
+    handler: Callable[[], Any]
+    if args.command == "params":
+        handler = lambda: _params(args)  # noqa: E731
+    elif args.command == "predict":
+        args.model = args.model or DEFAULT_MODEL_URI
+        handler = lambda: _predict(args)  # noqa: E731
+    else:
+        handler = lambda: _stage(args.command, args)  # noqa: E731
+    try:
+        return int(handler() or 0)
+    except expected as exc:
+        log.error("%s", exc)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""Scan a folder-per-class dataset: splits, classes (from folder names) and image files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class DatasetError(ValueError):
+    """The dataset layout is unusable; the message names the folder and what to do."""
+
+
+def is_hidden(name: str) -> bool:
+    """Dot-entries (``.DS_Store``, ``._x``, ``.ipynb_checkpoints``) and ``Thumbs.db``."""
+    return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
+
+
+@dataclass
+class Scan:
+    """Files found under a dataset root, by split and class."""
+
+    root: Path
+    classes: list[str]
+    files: list[tuple[str, str, Path]] = field(default_factory=list)  # (split, class, path)
+    ignored: list[str] = field(default_factory=list)
+
+
+def scan_dataset(root: Path, splits: tuple[str, ...]) -> Scan:
+    """List the image candidates under ``root/<split>/<class>/``.
+
+    Classes come from the folder names of the first split; every split must have the same
+    classes, and no class folder may be empty.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found (did `dvc pull` run?)")
+    ignored: list[str] = []
+    per_split: dict[str, dict[str, list[Path]]] = {}
+    for split in splits:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DatasetError(f"{split_dir}: split folder not found; expected {list(splits)}")
+        classes: dict[str, list[Path]] = {}
+        for entry in sorted(split_dir.iterdir()):
+            if is_hidden(entry.name):
+                ignored.append(str(entry.relative_to(root)))
+                continue
+            if not entry.is_dir():
+                ignored.append(str(entry.relative_to(root)))
+                continue
+            files: list[Path] = []
+            for f in sorted(entry.rglob("*")):
+                rel = f.relative_to(entry)
+                if any(is_hidden(part) for part in rel.parts):
+                    if f.is_file():
+                        ignored.append(str(f.relative_to(root)))
+                    continue
+                if f.is_file():
+                    files.append(f)
+            if not files:
+                raise DatasetError(
+                    f"{entry}: class folder is empty; add images or remove the folder"
+                )
+            classes[entry.name] = files
+        if not classes:
+            raise DatasetError(f"{split_dir}: no class folders found")
+        per_split[split] = classes
+    class_names = sorted(per_split[splits[0]])
+    for split in splits[1:]:
+        if sorted(per_split[split]) != class_names:
+            missing = set(class_names) ^ set(per_split[split])
+            raise DatasetError(
+                f"{root}: splits '{splits[0]}' and '{split}' have different classes "
+                f"(only in one of them: {sorted(missing)})"
+            )
+    scan = Scan(root=root, classes=class_names, ignored=ignored)
+    for split in splits:
+        for cls in class_names:
+            scan.files += [(split, cls, p) for p in per_split[split][cls]]
+    return scan

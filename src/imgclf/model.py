@@ -1,0 +1,129 @@
+"""Model construction: ``build_model(cfg, input_shape, n_classes) -> keras.Model``, pure.
+
+The model takes raw uint8 RGB pixels: rescaling and augmentation are layers inside it, so an
+exported file predicts right with no separate preprocessing. Augmentation layers are active
+only in training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+from keras import layers
+
+from imgclf.config import AugmentConfig, ModelConfig, OptimizerConfig, TrainConfig
+
+
+def build_augmentation(cfg: AugmentConfig, seed: int) -> list[layers.Layer]:
+    """Augmentations suited to photographed documents: no flips (text must stay readable)."""
+    if not cfg.enabled:
+        return []
+    aug: list[layers.Layer] = []
+    if cfg.rotation > 0:
+        aug.append(layers.RandomRotation(cfg.rotation, fill_mode="nearest", seed=seed))
+    if cfg.zoom > 0:
+        aug.append(layers.RandomZoom(cfg.zoom, fill_mode="nearest", seed=seed + 1))
+    if cfg.translation > 0:
+        aug.append(
+            layers.RandomTranslation(
+                cfg.translation, cfg.translation, fill_mode="nearest", seed=seed + 2
+            )
+        )
+    if cfg.brightness > 0:
+        aug.append(layers.RandomBrightness(cfg.brightness, value_range=(0, 1), seed=seed + 3))
+    if cfg.contrast > 0:
+        aug.append(layers.RandomContrast(cfg.contrast, seed=seed + 4))
+    return aug
+
+
+def build_model(
+    cfg: ModelConfig,
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    *,
+    augment: AugmentConfig | None = None,
+    seed: int = 0,
+) -> keras.Model:
+    """The Sequential CNN: conv → max-pool blocks, dropout, dense, softmax.
+
+    Filters double with each block. Output is a softmax, so the loss uses from_logits=False.
+    """
+    stack: list[layers.Layer] = [
+        keras.Input(shape=input_shape, dtype="uint8", name="image"),
+        layers.Rescaling(1.0 / 255.0, name="rescale"),
+    ]
+    if augment is not None:
+        stack += build_augmentation(augment, seed)
+    for i in range(cfg.blocks):
+        filters = cfg.filters * 2**i
+        stack.append(
+            layers.Conv2D(
+                filters,
+                cfg.kernel_size,
+                padding="same",
+                use_bias=not cfg.batch_norm,
+                activation=None if cfg.batch_norm else "relu",
+                name=f"conv{i + 1}",
+            )
+        )
+        if cfg.batch_norm:
+            stack += [layers.BatchNormalization(momentum=0.9, name=f"bn{i + 1}"), layers.ReLU()]
+        stack.append(layers.MaxPooling2D(2, name=f"pool{i + 1}"))
+    stack.append(layers.GlobalAveragePooling2D() if cfg.global_pool else layers.Flatten())
+    stack += [
+        layers.Dropout(cfg.dropout, seed=seed),
+        layers.Dense(cfg.dense_units, activation="relu", name="dense"),
+        layers.Dropout(cfg.dropout, seed=seed + 1),
+        layers.Dense(n_classes, activation="softmax", name="probs"),
+    ]
+    return keras.Sequential(stack, name=f"imgclf_{cfg.name}")
+
+
+AUGMENTATION_LAYERS = (
+    layers.RandomRotation,
+    layers.RandomZoom,
+    layers.RandomTranslation,
+    layers.RandomBrightness,
+    layers.RandomContrast,
+)
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The same model without its augmentation layers (identity at inference anyway).
+
+    Exported files hold only the inference graph: smaller, deterministic, and savable as
+    ``.h5`` (Keras 3 cannot serialise RandomBrightness to HDF5).
+    """
+    kept = [layer for layer in model.layers if not isinstance(layer, AUGMENTATION_LAYERS)]
+    return keras.Sequential(
+        [keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="image"),
+         *kept],
+        name=model.name,
+    )
+
+
+OPTIMIZERS: dict[str, Any] = {
+    "sgd": lambda c: keras.optimizers.SGD(learning_rate=c.learning_rate, momentum=c.momentum),
+    "adam": lambda c: keras.optimizers.Adam(learning_rate=c.learning_rate),
+    "adamw": lambda c: keras.optimizers.AdamW(
+        learning_rate=c.learning_rate, weight_decay=c.weight_decay or 0.004
+    ),
+}
+
+
+def build_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
+    """Look up the optimizer by name (sgd | adam | adamw)."""
+    return OPTIMIZERS[cfg.name](cfg)
+
+
+def compile_model(model: keras.Model, opt: OptimizerConfig, train: TrainConfig) -> keras.Model:
+    """Compile with keyword arguments (positional metrics are loss_weights in Keras 3)."""
+    model.compile(
+        optimizer=build_optimizer(opt),
+        loss=keras.losses.CategoricalCrossentropy(
+            from_logits=False, label_smoothing=train.label_smoothing
+        ),
+        metrics=["accuracy"],
+    )
+    return model

@@ -1,0 +1,1 @@
+"""One module per DVC stage: ingest, preprocess, train, evaluate, export."""

@@ -1,0 +1,114 @@
+"""preprocess: resize every accepted image to the model size, split, and cache the tensors.
+
+Training_data is split (stratified, seeded) into train and validation; Testing_Data is the test
+set. All images are decoded here once, so no training epoch decodes a JPEG.
+
+Outputs (``out_dir``): ``dataset.npz`` (x_/y_ train, val, test: uint8 RGB and int labels),
+``classes.json``, ``split.csv`` (each file's subset), ``counts.json``, ``class_counts.png``,
+``sample_grid.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from imgclf import plots
+from imgclf.config import Config
+from imgclf.fileio import atomic_path, read_json, write_json, write_text
+from imgclf.images import load_resized
+from imgclf.parallel import map_in_processes
+from imgclf.stages.ingest import read_index
+
+log = logging.getLogger(__name__)
+
+SUBSETS = ("train", "val", "test")
+
+
+@dataclass
+class PreprocessResult:
+    classes: list[str]
+    counts: dict[str, int]
+    dataset_path: Path
+
+
+def split_train_val(
+    labels: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified, seeded split of indices into (train, val)."""
+    idx = np.arange(len(labels))
+    train_idx, val_idx = train_test_split(
+        idx, test_size=val_fraction, random_state=seed, stratify=labels
+    )
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+def save_dataset(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write the cached tensors atomically (uncompressed: loading is a memcpy)."""
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_dataset(path: Path) -> dict[str, np.ndarray]:
+    """Load the cached tensors written by :func:`save_dataset`."""
+    with np.load(path) as npz:
+        return {k: npz[k] for k in npz.files}
+
+
+def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> PreprocessResult:
+    """Resize, split and cache the dataset indexed by ingest."""
+    data = cfg.data
+    report = read_json(ingest_dir / "report.json")
+    classes: list[str] = report["classes"]
+    class_id = {c: i for i, c in enumerate(classes)}
+    rows = read_index(ingest_dir / "index.csv")
+    train_rows = [r for r in rows if r["split"] == data.train_dir]
+    test_rows = [r for r in rows if r["split"] == data.test_dir]
+    y_all = np.array([class_id[r["class"]] for r in train_rows], dtype=np.int64)
+    tr_idx, va_idx = split_train_val(y_all, data.val_fraction, data.split_seed)
+    subsets = {
+        "train": [train_rows[i] for i in tr_idx],
+        "val": [train_rows[i] for i in va_idx],
+        "test": test_rows,
+    }
+
+    load = partial(load_resized, height=data.image_height, width=data.image_width)
+    ordered = [r for s in SUBSETS for r in subsets[s]]
+    images = map_in_processes(load, [data_dir / r["path"] for r in ordered], data.workers)
+    arrays: dict[str, np.ndarray] = {}
+    start = 0
+    for s in SUBSETS:
+        n = len(subsets[s])
+        shape = (n, data.image_height, data.image_width, 3)
+        arrays[f"x_{s}"] = np.stack(images[start : start + n]) if n else np.zeros(shape, np.uint8)
+        arrays[f"y_{s}"] = np.array([class_id[r["class"]] for r in subsets[s]], dtype=np.int64)
+        start += n
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dataset_path = out_dir / "dataset.npz"
+    save_dataset(dataset_path, arrays)
+    write_json(out_dir / "classes.json", classes)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "class", "subset"])
+    for s in SUBSETS:
+        writer.writerows([r["path"], r["class"], s] for r in subsets[s])
+    write_text(out_dir / "split.csv", buf.getvalue())
+
+    per_class = {
+        s: {c: int((arrays[f"y_{s}"] == i).sum()) for i, c in enumerate(classes)} for s in SUBSETS
+    }
+    write_json(out_dir / "counts.json", per_class)
+    plots.class_counts(per_class, out_dir / "class_counts.png")
+    plots.sample_grid(arrays["x_train"], arrays["y_train"].tolist(), classes,
+                      out_dir / "sample_grid.png")
+    counts = {s: len(subsets[s]) for s in SUBSETS}
+    log.info("preprocess: %s at %dx%d", counts, data.image_height, data.image_width)
+    return PreprocessResult(classes, counts, dataset_path)

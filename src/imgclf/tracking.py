@@ -1,0 +1,211 @@
+"""MLflow tracking and registry: the only module that imports mlflow.
+
+The store defaults to the project's own ``mlruns/`` (SQLite database + artifact folder),
+resolved to an absolute path so DVC's temporary experiment copies log to the same store;
+``MLFLOW_TRACKING_URI`` overrides it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunStatus
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from imgclf.lineage import project_root
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "mlflow.db"
+
+
+def store_dir() -> Path:
+    """The project's own MLflow store folder (``<root>/mlruns``)."""
+    return project_root() / "mlruns"
+
+
+def default_tracking_uri() -> str:
+    """SQLite URI of the project's own store."""
+    return f"sqlite:///{store_dir() / DB_NAME}"
+
+
+def tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` if set, else the project's own store."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def configure(experiment_name: str | None = None) -> str | None:
+    """Point MLflow at the store and select ``experiment_name``; return its id."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if experiment_name is None:
+        return None
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment_name)
+    if exp is None:
+        artifact_location = None
+        if uri == default_tracking_uri():
+            artifact_location = (store_dir() / "artifacts").as_uri()
+        try:
+            exp_id = client.create_experiment(experiment_name, artifact_location=artifact_location)
+        except MlflowException:  # created concurrently by another process
+            exp = client.get_experiment_by_name(experiment_name)
+            assert exp is not None
+            exp_id = exp.experiment_id
+    else:
+        exp_id = exp.experiment_id
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+@contextlib.contextmanager
+def start_run(
+    experiment_name: str,
+    *,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """Start a run and yield its id; the run ends FAILED on an exception, KILLED on Ctrl-C."""
+    configure(experiment_name)
+    with _ending_truthfully(mlflow.start_run(run_name=run_name, tags=dict(tags or {}))) as run:
+        yield run.info.run_id
+
+
+@contextlib.contextmanager
+def resume_run(run_id: str, experiment_name: str) -> Iterator[str]:
+    """Reopen the run that ``train`` created, so every stage reports to the same run."""
+    configure(experiment_name)
+    with _ending_truthfully(mlflow.start_run(run_id=run_id)) as run:
+        yield run.info.run_id
+
+
+@contextlib.contextmanager
+def _ending_truthfully(active: Any) -> Iterator[Any]:
+    try:
+        yield active.__enter__()
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise
+    except BaseException:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+@contextlib.contextmanager
+def reopen_run(run_id: str, experiment_name: str, tags: Mapping[str, str]) -> Iterator[str]:
+    """Reopen train's run; if the store lost it (a wiped ``mlruns/``), use a new tagged run."""
+    configure(experiment_name)
+    if run_exists(run_id):
+        with resume_run(run_id, experiment_name) as rid:
+            yield rid
+        return
+    log.warning("MLflow run %s not found in %s; logging to a new run", run_id, tracking_uri())
+    with start_run(experiment_name, tags={**tags, "orphan_of": run_id}) as rid:
+        yield rid
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether ``run_id`` exists in the configured store."""
+    try:
+        MlflowClient().get_run(run_id)
+    except MlflowException:
+        return False
+    return True
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params (values stringified by MLflow)."""
+    mlflow.log_params(dict(params))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log numeric metrics."""
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    """Log one file or folder to the active run."""
+    if path.is_dir():
+        mlflow.log_artifacts(str(path), artifact_path)
+    else:
+        mlflow.log_artifact(str(path), artifact_path)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Tag the active run."""
+    mlflow.set_tags(dict(tags))
+
+
+def keras_callback() -> Any:
+    """MLflow's Keras callback: per-epoch loss/accuracy/val_* metrics and the model summary."""
+    from mlflow.keras import MlflowCallback
+
+    return MlflowCallback(log_every_epoch=True)
+
+
+def log_and_register_keras_model(
+    model: Any,
+    *,
+    registered_model_name: str,
+    input_example: Any,
+    metadata: Mapping[str, Any],
+    version_tags: Mapping[str, str],
+    extra_files: list[str] | None = None,
+) -> str:
+    """Log ``model`` as an ``.h5`` MLflow model on the active run and register a version.
+
+    Returns:
+        The new version number, as a string.
+    """
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(input_example, model.predict(input_example, verbose=0))
+    info = mlflow.tensorflow.log_model(
+        model,
+        name="model",
+        keras_model_kwargs={"save_format": "h5"},
+        signature=signature,
+        input_example=input_example,
+        registered_model_name=registered_model_name,
+        metadata=dict(metadata),
+        extra_files=extra_files,
+    )
+    version = str(info.registered_model_version)
+    client = MlflowClient()
+    for key, value in version_tags.items():
+        client.set_model_version_tag(registered_model_name, version, key, str(value))
+    return version
+
+
+def set_aliases(name: str, version: str, *, challenger: str, champion: str) -> list[str]:
+    """Point ``challenger`` at ``version``; also ``champion`` when the model has none yet."""
+    client = MlflowClient()
+    client.set_registered_model_alias(name, challenger, version)
+    aliases = [challenger]
+    try:
+        client.get_model_version_by_alias(name, champion)
+    except MlflowException:
+        client.set_registered_model_alias(name, champion, version)
+        aliases.append(champion)
+    return aliases
+
+
+def load_registered_keras_model(model_uri: str) -> tuple[Any, dict[str, Any]]:
+    """Load a registered Keras model and the metadata logged with it (class names, size)."""
+    from mlflow.models import get_model_info
+
+    info = get_model_info(model_uri)
+    model = mlflow.tensorflow.load_model(model_uri)
+    return model, dict(info.metadata or {})

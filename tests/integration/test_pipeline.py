@@ -1,0 +1,153 @@
+"""All five stages chained on the tiny synthetic dataset, against a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from imgclf import cli
+from imgclf.stages import evaluate, export, ingest, preprocess, train
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def pipeline(tiny_dataset, tmp_path_factory):
+    """Run ingest -> export once; yield the paths, results and store URI."""
+    work = tmp_path_factory.mktemp("pipeline")
+    store = work / "mlruns"
+    store.mkdir()
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.setenv("DVC_EXP_NAME", "tiny-exp")
+    mp.chdir(work)
+    cfg = tiny_config()
+    art = work / "artifacts"
+    res = {
+        "ingest": ingest.run(cfg, in_dir=tiny_dataset, out_dir=art / "ingest"),
+        "preprocess": preprocess.run(cfg, data_dir=tiny_dataset, ingest_dir=art / "ingest",
+                                     out_dir=art / "preprocess"),
+        "train": train.run(cfg, in_dir=art / "preprocess", out_dir=art / "train"),
+    }
+    res["evaluate"] = evaluate.run(cfg, preprocess_dir=art / "preprocess",
+                                   train_dir=art / "train", out_dir=art / "evaluate")
+    res["export"] = export.run(cfg, preprocess_dir=art / "preprocess", train_dir=art / "train",
+                               evaluate_dir=art / "evaluate", out_dir=art / "export")
+    mlflow.set_tracking_uri(uri)
+    yield {"cfg": cfg, "art": art, "res": res, "uri": uri, "data": tiny_dataset}
+    mp.undo()
+
+
+def test_ingest_indexes_every_file(pipeline):
+    r = pipeline["res"]["ingest"]
+    assert r.classes == ["alpha", "beta", "gamma"]
+    assert (r.n_accepted, r.n_rejected) == (66, 0)
+    header = (pipeline["art"] / "ingest" / "index.csv").read_text().splitlines()[0]
+    assert header == "path,class,split,sha256,width,height"
+
+
+def test_preprocess_caches_tensors_and_plots(pipeline):
+    art = pipeline["art"] / "preprocess"
+    arrays = preprocess.load_dataset(art / "dataset.npz")
+    assert arrays["x_train"].shape == (36, 32, 48, 3) and arrays["x_train"].dtype == np.uint8
+    assert len(arrays["y_val"]) == 12 and len(arrays["y_test"]) == 18
+    assert np.bincount(arrays["y_val"]).tolist() == [4, 4, 4]
+    for name in ("class_counts.png", "sample_grid.png"):
+        assert (art / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_learns_the_visible_patterns(pipeline):
+    t = pipeline["res"]["train"]
+    assert 1 <= t.best_epoch <= t.epochs_run <= 4
+    assert t.val_accuracy >= 0.9
+
+
+def test_metrics_file_for_dvc(pipeline):
+    metrics = json.loads((pipeline["art"] / "evaluate" / "metrics.json").read_text())
+    assert 0.9 <= metrics["accuracy"] <= 1.0
+    assert 0.0 <= metrics["macro_f1"] <= 1.0
+    assert set(metrics["per_class"]) == {"alpha", "beta", "gamma"}
+    rows = (pipeline["art"] / "evaluate" / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted,probability" and len(rows) == 19
+
+
+def test_mlflow_run_has_params_epochs_tags_and_figures(pipeline):
+    client = MlflowClient(pipeline["uri"])
+    run = client.get_run(pipeline["res"]["train"].run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optimizer.name"] == "adam"
+    assert run.data.params["model.filters"] == "8"
+    assert run.data.tags["dvc_exp_name"] == "tiny-exp"
+    assert {"git_commit", "data_md5"} <= set(run.data.tags)
+    epochs = pipeline["res"]["train"].epochs_run
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert len(client.get_metric_history(run.info.run_id, key)) == epochs
+    assert run.data.metrics["test_accuracy"] == pytest.approx(pipeline["res"]["evaluate"].accuracy)
+    names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
+    assert "evaluate/confusion_matrix.png" in names and "evaluate/learning_curves.png" in names
+
+
+def test_registered_version_holds_an_h5_that_predicts(pipeline, tmp_path):
+    client = MlflowClient(pipeline["uri"])
+    exp = pipeline["res"]["export"]
+    assert exp.version == "1" and sorted(exp.aliases) == ["challenger", "champion"]
+    mv = client.get_model_version_by_alias("tiny-model", "champion")
+    assert str(mv.version) == "1"
+    assert mv.tags["git_commit"] and mv.tags["data_md5"]
+    local = Path(mlflow.artifacts.download_artifacts(f"models:/tiny-model/{mv.version}",
+                                                     dst_path=str(tmp_path)))
+    h5_files = list(local.rglob("*.h5"))
+    assert len(h5_files) == 1
+    model = keras.models.load_model(h5_files[0], compile=False)
+    x = preprocess.load_dataset(pipeline["art"] / "preprocess" / "dataset.npz")["x_test"]
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (18, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+
+
+def test_second_export_moves_challenger_only(pipeline):
+    p, cfg = pipeline, pipeline["cfg"]
+    again = export.run(cfg, preprocess_dir=p["art"] / "preprocess", train_dir=p["art"] / "train",
+                       evaluate_dir=p["art"] / "evaluate", out_dir=p["art"] / "export2")
+    client = MlflowClient(p["uri"])
+    assert again.version == "2" and again.aliases == ["challenger"]
+    assert str(client.get_model_version_by_alias("tiny-model", "champion").version) == "1"
+    assert str(client.get_model_version_by_alias("tiny-model", "challenger").version) == "2"
+
+
+def test_predict_cli_with_registry_uri_and_file(pipeline, capsys):
+    folder = pipeline["data"] / "Testing_Data" / "beta"
+    code = cli.main(["predict", str(folder), "--model", "models:/tiny-model@champion", "--json"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out) == 6
+    assert sum(r["label"] == "beta" for r in out) >= 5
+    assert all(0.0 <= r["probability"] <= 1.0 for r in out)
+
+    h5 = pipeline["art"] / "export" / "model.h5"
+    one = folder / "beta_00.png"
+    assert cli.main(["predict", str(one), "--model", str(h5)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(str(one)) and line.split("\t")[1] in ("alpha", "beta", "gamma")
+
+
+def test_predict_lists_unreadable_files(pipeline, tmp_path, capsys):
+    (tmp_path / "note.jpg").write_text("not an image")
+    code = cli.main(["predict", str(tmp_path), "--model",
+                     str(pipeline["art"] / "export" / "model.keras")])
+    assert code == 1
+    assert "note.jpg\tERROR\tnot_an_image" in capsys.readouterr().out
+
+
+def test_stage_cli_rejects_bad_params_naming_the_key(tmp_path, caplog):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("train:\n  epochz: 3\n")
+    code = cli.main(["train", "--params", str(bad), "--preprocess", "x", "--out", "y"])
+    assert code == 2
+    assert "train.epochz" in caplog.text

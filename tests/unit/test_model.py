@@ -1,0 +1,67 @@
+import keras
+import numpy as np
+import pytest
+
+from imgclf.config import AugmentConfig, ModelConfig, OptimizerConfig, TrainConfig
+from imgclf.model import (
+    AUGMENTATION_LAYERS,
+    OPTIMIZERS,
+    build_model,
+    compile_model,
+    inference_model,
+)
+
+SHAPE = (24, 36, 3)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [ModelConfig(blocks=2, filters=4, dense_units=8),
+     ModelConfig(blocks=3, filters=4, dense_units=8, batch_norm=True, global_pool=True)],
+)
+def test_outputs_are_probabilities_over_classes(cfg):
+    model = build_model(cfg, SHAPE, 3, augment=AugmentConfig(), seed=1)
+    x = np.random.default_rng(0).integers(0, 255, (5, *SHAPE), dtype=np.uint8)
+    probs = model.predict(x, verbose=0)
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert model.layers[-1].activation is keras.activations.softmax
+
+
+def test_loss_expects_probabilities_not_logits():
+    model = compile_model(
+        build_model(ModelConfig(blocks=1, filters=4, dense_units=4), SHAPE, 3),
+        OptimizerConfig(),
+        TrainConfig(),
+    )
+    assert model.loss.get_config()["from_logits"] is False
+
+
+def test_model_takes_raw_uint8_and_rescales_inside():
+    model = build_model(ModelConfig(blocks=1, filters=2, dense_units=4), SHAPE, 3)
+    assert model.inputs[0].dtype == "uint8"
+    assert model.layers[0].name == "rescale"
+
+
+def test_inference_model_drops_augmentation_and_predicts_the_same():
+    model = build_model(
+        ModelConfig(blocks=2, filters=4, dense_units=8), SHAPE, 3, augment=AugmentConfig()
+    )
+    assert any(isinstance(layer, AUGMENTATION_LAYERS) for layer in model.layers)
+    slim = inference_model(model)
+    assert not any(isinstance(layer, AUGMENTATION_LAYERS) for layer in slim.layers)
+    x = np.random.default_rng(1).integers(0, 255, (4, *SHAPE), dtype=np.uint8)
+    np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0),
+                               atol=1e-6)
+
+
+def test_no_horizontal_flip_of_text():
+    model = build_model(ModelConfig(blocks=1), SHAPE, 3, augment=AugmentConfig())
+    assert not any(isinstance(layer, keras.layers.RandomFlip) for layer in model.layers)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_optimizer_lookup(name):
+    opt = OPTIMIZERS[name](OptimizerConfig(name=name, learning_rate=0.05, momentum=0.5))
+    assert float(opt.learning_rate.numpy()) == pytest.approx(0.05)
+    assert type(opt).__name__.lower() == name
