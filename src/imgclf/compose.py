@@ -1,4 +1,4 @@
-"""Compose ``conf/`` (Hydra) into ``params.yaml`` exactly as ``dvc exp run`` does, and validate it."""
+"""Compose ``conf/`` (Hydra) into ``params.yaml`` as ``dvc exp run`` does, and validate it."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def compose_params(conf_dir: Path, overrides: list[str] | None = None) -> str:
     OmegaConf.resolve(cfg)
     raw = OmegaConf.to_container(cfg)
     assert isinstance(raw, dict)
-    config_from_dict(raw, source=f"{conf_dir} + {overrides or []}")
+    config_from_dict({str(k): v for k, v in raw.items()}, source=f"{conf_dir} + {overrides or []}")
     return OmegaConf.to_yaml(cfg)
 
 

@@ -182,5 +182,5 @@ def flatten(cfg: Config, sections: tuple[str, ...] | None = None) -> dict[str, A
         if sections is not None and section not in sections:
             continue
         for key, value in values.items():
-            out[f"{section}.{key}"] = value
+            out[f"{section!s}.{key!s}"] = value
     return out

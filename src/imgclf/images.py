@@ -123,8 +123,7 @@ def open_image(
             if draft_size is not None and fmt == "JPEG":
                 img.draft("RGB", draft_size)
             img.load()
-            img = ImageOps.exif_transpose(img) or img
-            rgb = _to_rgb(img)
+            rgb = _to_rgb(ImageOps.exif_transpose(img) or img)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
             raise ImageRejected(path, TOO_LARGE, str(exc)) from exc
         except Exception as exc:  # noqa: BLE001 - decoder errors vary by codec

@@ -39,7 +39,11 @@ def class_counts(counts: Mapping[str, Mapping[str, int]], path: Path) -> None:
 
 
 def sample_grid(
-    images: np.ndarray, labels: Sequence[int], classes: Sequence[str], path: Path, per_class: int = 6
+    images: np.ndarray,
+    labels: Sequence[int],
+    classes: Sequence[str],
+    path: Path,
+    per_class: int = 6,
 ) -> None:
     """A grid with ``per_class`` sample images for each class (one row per class)."""
     fig, axes = plt.subplots(

@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 
 def _run(cmd: list[str], cwd: Path, env: dict[str, str], timeout: int = 900) -> str:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    out, err = proc.stdout[-3000:], proc.stderr[-5000:]
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{out}\n{err}"
     return proc.stdout + proc.stderr
 
 

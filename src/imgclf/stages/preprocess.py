@@ -53,7 +53,7 @@ def split_train_val(
 def save_dataset(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """Write the cached tensors atomically (uncompressed: loading is a memcpy)."""
     with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 def load_dataset(path: Path) -> dict[str, np.ndarray]:

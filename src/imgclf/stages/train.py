@@ -155,5 +155,5 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
                        {"run_id": run_id, "experiment": cfg.mlflow.experiment_name})
     log.info("train: best epoch %d of %d, val_accuracy %.4f", summary["best_epoch"],
              summary["epochs_run"], summary["val_accuracy"])
-    return TrainResult(run_id, summary["best_epoch"], summary["epochs_run"],
-                       summary["val_accuracy"], summary["val_loss"], model_path)
+    return TrainResult(run_id, int(summary["best_epoch"]), int(summary["epochs_run"]),
+                       float(summary["val_accuracy"]), float(summary["val_loss"]), model_path)
