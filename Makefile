@@ -41,10 +41,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)
-	@mkdir -p mlruns/artifacts
-	$(BIN)/mlflow ui --host $(HOST) --port $(PORT) \
-		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns/artifacts
+	$(BIN)/imgclf ui --host $(HOST) --port $(PORT)
 
 params: $(STAMP)
 	$(BIN)/imgclf params

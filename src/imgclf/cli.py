@@ -81,6 +81,19 @@ def _params(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    import shutil
+
+    from imgclf import tracking
+
+    cmd = tracking.ui_command(args.host, args.port)
+    exe = shutil.which(cmd[0]) or str(Path(sys.executable).with_name(cmd[0]))
+    log.info("MLflow UI on http://%s:%d over %s", args.host, args.port, cmd[7])
+    sys.stdout.flush()
+    os.execv(exe, [exe, *cmd[1:]])
+    return 0  # not reached
+
+
 def _predict(args: argparse.Namespace) -> int:
     from imgclf.predict import collect_images, load_model, predict_files
 
@@ -130,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="params.yaml")
     p.add_argument("--check", action="store_true",
                    help="exit 1 if the file differs from the composition instead of writing")
+    p = sub.add_parser("ui", help="MLflow UI over the project's store (127.0.0.1 by default)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind; anything but loopback needs auth in front (README)")
+    p.add_argument("--port", type=int, default=5000)
     p = sub.add_parser("predict", help="classify image files or folders")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--model", default=None,
@@ -151,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         ConfigError, DatasetError, IngestError, ModelLoadError, FileNotFoundError,
     )
     handler: Callable[[], Any]
-    if args.command == "params":
+    if args.command == "ui":
+        handler = lambda: _ui(args)  # noqa: E731
+    elif args.command == "params":
         handler = lambda: _params(args)  # noqa: E731
     elif args.command == "predict":
         args.model = args.model or DEFAULT_MODEL_URI

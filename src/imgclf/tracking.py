@@ -116,6 +116,17 @@ def reopen_run(run_id: str, experiment_name: str, tags: Mapping[str, str]) -> It
         yield rid
 
 
+def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The ``mlflow ui`` command line over the same store the pipeline logs to."""
+    uri = tracking_uri()
+    cmd = ["mlflow", "ui", "--host", host, "--port", str(port), "--backend-store-uri", uri]
+    if uri == default_tracking_uri():
+        store = store_dir()
+        (store / "artifacts").mkdir(parents=True, exist_ok=True)
+        cmd += ["--default-artifact-root", (store / "artifacts").as_uri()]
+    return cmd
+
+
 def run_exists(run_id: str) -> bool:
     """Whether ``run_id`` exists in the configured store."""
     try:
