@@ -49,7 +49,17 @@ def test_ingest_indexes_every_file(pipeline):
     assert r.classes == ["alpha", "beta", "gamma"]
     assert (r.n_accepted, r.n_rejected) == (66, 0)
     header = (pipeline["art"] / "ingest" / "index.csv").read_text().splitlines()[0]
-    assert header == "path,class,split,sha256,width,height"
+    assert header == "path,class,split,sha256,width,height,dhash,group,leak"
+    # The tiny data has no duplicates: the leakage report says so, and ingest logged its run.
+    report = json.loads((pipeline["art"] / "ingest" / "report.json").read_text())
+    assert report["duplicates"]["exact_groups"] == 0
+    assert report["duplicates"]["leakfree_test_files"] == 18
+    client = MlflowClient(pipeline["uri"])
+    run = client.get_run(r.run_id)
+    assert run.info.run_name == "ingest" and run.data.tags["imgclf.stage"] == "ingest"
+    assert run.data.metrics["leaky_test_files"] == 0
+    names = {a.path for a in client.list_artifacts(r.run_id, "ingest")}
+    assert {"ingest/dataset_card.md", "ingest/leakage.json", "ingest/image_sizes.png"} <= names
 
 
 def test_preprocess_caches_tensors_and_plots(pipeline):
@@ -73,6 +83,12 @@ def test_metrics_file_for_dvc(pipeline):
     assert 0.9 <= metrics["accuracy"] <= 1.0
     assert 0.0 <= metrics["macro_f1"] <= 1.0
     assert set(metrics["per_class"]) == {"alpha", "beta", "gamma"}
+    # No leakage in the tiny data: the leak-free subset is the whole test set.
+    assert (metrics["n_test"], metrics["n_leakfree"], metrics["n_leaky"]) == (18, 18, 0)
+    assert metrics["leakfree_accuracy"] == metrics["accuracy"]
+    assert metrics["accuracy_ci95_low"] < metrics["accuracy"] <= metrics["accuracy_ci95_high"]
+    confusion = json.loads((pipeline["art"] / "evaluate" / "confusion.json").read_text())
+    assert sum(map(sum, confusion["confusion_matrix_leakfree"])) == 18
     rows = (pipeline["art"] / "evaluate" / "predictions.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted,probability" and len(rows) == 19
 
