@@ -87,8 +87,10 @@ def leakage_metrics(
     out["leakfree_accuracy_ci95_low"], out["leakfree_accuracy_ci95_high"] = lo, hi
     out["leaky_accuracy"] = float(ok[leak].mean()) if leak.any() else None
     out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
-    out["confusion_matrix_leakfree"] = confusion_matrix(
-        y_true[free], y_pred[free], labels=labels).tolist()
+    out["confusion_matrix_leakfree"] = (
+        confusion_matrix(y_true[free], y_pred[free], labels=labels).tolist() if free.any()
+        else [[0] * len(labels) for _ in labels]
+    )
     return out
 
 
