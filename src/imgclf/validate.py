@@ -21,8 +21,6 @@ from imgclf.images import ImageRejected, open_image
 from imgclf.leakage import Item, dhash, find_duplicates
 from imgclf.parallel import map_in_processes
 
-ROOT_SPLIT = "."
-
 
 @dataclass
 class Validation:

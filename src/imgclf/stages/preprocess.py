@@ -1,12 +1,12 @@
 """preprocess: resize every accepted image to the model size, split, and cache the tensors.
 
 Training_data is split (stratified, seeded, near-duplicate groups kept on one side) into train
-and validation; Testing_Data is the test
-set. All images are decoded here once, so no training epoch decodes a JPEG.
+and validation; Testing_Data is the test set. All images are decoded here once, so no training
+epoch decodes a JPEG.
 
 Outputs (``out_dir``): ``dataset.npz`` (x_/y_ train, val, test: uint8 RGB and int labels),
-``classes.json``, ``split.csv`` (each file's subset, near-duplicate group and leak flag), ``counts.json``, ``class_counts.png``,
-``sample_grid.png``.
+``classes.json``, ``split.csv`` (each file's subset, near-duplicate group and leak flag),
+``counts.json``, ``class_counts.png``, ``sample_grid.png``.
 """
 
 from __future__ import annotations
