@@ -201,3 +201,16 @@ def test_ingest_index_marks_leaky_test_files_and_groups(messy, tmp_path):
     assert rows[f"{TEST}/cards/0.png"]["leak"] == "0"
     assert rows[f"{TRAIN}/letters/führerschein_é.png"]["width"] == "180"
     assert rows[f"{TRAIN}/letters/rotated.jpg"]["height"] == "180"  # EXIF applied
+
+
+def test_ingest_cli_over_the_limit_exits_2_with_one_line(messy, tmp_path, mlflow_store, caplog,
+                                                         capsys):
+    root, _ = messy
+    params = tmp_path / "limits.yaml"
+    params.write_text("data:\n  min_side: 8\n  max_rejected_fraction: 0.1\n  workers: 1\n")
+    code = cli.main(["ingest", "--params", str(params), "--data", str(root), "--out",
+                     str(tmp_path / "out")])
+    out = capsys.readouterr()
+    assert code == 2
+    assert "5 of 24 files rejected (20.8% > data.max_rejected_fraction=10.0%)" in caplog.text
+    assert "Traceback" not in out.out + out.err + caplog.text
