@@ -1,4 +1,4 @@
-"""The ``imgclf`` command: one subcommand per DVC stage, plus ``predict``.
+"""The ``imgclf`` command: one subcommand per DVC stage, plus ``predict`` and ``validate``.
 
 Stage subcommands are the doors of :mod:`imgclf.stages`: they load and validate ``params.yaml``,
 set up logging, call the stage's ``run`` and turn expected failures into a one-line message and
@@ -117,6 +117,26 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    from imgclf.config import Config, load_config
+    from imgclf.dataset import detect_splits
+    from imgclf.validate import render_text, validate_dataset
+
+    # Without params.yaml (any folder, outside the project) the schema defaults apply.
+    params = Path(args.params or "params.yaml")
+    cfg = load_config(params) if args.params or params.is_file() else Config()
+    root = Path(args.dataset)
+    v = validate_dataset(root, cfg.data, detect_splits(root, cfg.data.train_dir,
+                                                       cfg.data.test_dir))
+    if args.json:
+        print(json.dumps({**v.report, "leakage": v.duplicates}, indent=2, default=str))
+    else:
+        print(render_text(v))
+    for problem in v.problems:
+        log.error("not usable: %s", problem)
+    return 0 if v.usable else 1
+
+
 STAGE_ARGS: dict[str, tuple[str, ...]] = {
     "ingest": ("data",),
     "preprocess": ("data", "ingest"),
@@ -147,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind; anything but loopback needs auth in front (README)")
     p.add_argument("--port", type=int, default=5000)
+    p = sub.add_parser("validate", help="check a folder-per-class dataset: rejects, duplicates, "
+                       "train/test leakage (trains nothing)")
+    p.add_argument("dataset", help="dataset folder: Training_data/ + Testing_Data/ inside, or "
+                   "one folder of class folders")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--params", default=None,
+                   help="params file for the limits (default: ./params.yaml if present)")
     p = sub.add_parser("predict", help="classify image files or folders")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--model", default=None,
@@ -172,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         handler = lambda: _ui(args)  # noqa: E731
     elif args.command == "params":
         handler = lambda: _params(args)  # noqa: E731
+    elif args.command == "validate":
+        handler = lambda: _validate(args)  # noqa: E731
     elif args.command == "predict":
         args.model = args.model or DEFAULT_MODEL_URI
         handler = lambda: _predict(args)  # noqa: E731

@@ -34,6 +34,7 @@ class DataConfig:
     min_side: int = 16
     max_pixels: int = 60_000_000
     max_rejected_fraction: float = 0.05
+    near_dup_distance: int = 3
     workers: int = 0
 
 
@@ -116,6 +117,7 @@ def _check_ranges(cfg: Config) -> None:
         (0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)"),
         (0.0 <= cfg.data.max_rejected_fraction <= 1.0, "data.max_rejected_fraction",
          "must be in [0, 1]"),
+        (0 <= cfg.data.near_dup_distance <= 64, "data.near_dup_distance", "must be in [0, 64]"),
         (cfg.model.name in MODEL_NAMES, "model.name", f"must be one of {MODEL_NAMES}"),
         (cfg.model.blocks >= 1, "model.blocks", "must be >= 1"),
         (cfg.model.filters >= 1, "model.filters", "must be >= 1"),

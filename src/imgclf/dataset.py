@@ -10,6 +10,18 @@ class DatasetError(ValueError):
     """The dataset layout is unusable; the message names the folder and what to do."""
 
 
+def check_inside(path: Path, root: Path) -> None:
+    """Refuse a symlink that leads outside the dataset root (the data would not be versioned)."""
+    if not path.is_symlink():
+        return
+    target = path.resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise DatasetError(
+            f"{path}: symlink escapes the dataset root {root} (points to {target}); "
+            "copy the file into the dataset or remove the link"
+        )
+
+
 def is_hidden(name: str) -> bool:
     """Dot-entries (``.DS_Store``, ``._x``, ``.ipynb_checkpoints``) and ``Thumbs.db``."""
     return name.startswith(".") or name.lower() in ("thumbs.db", "desktop.ini")
@@ -34,6 +46,8 @@ def scan_dataset(root: Path, splits: tuple[str, ...]) -> Scan:
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset folder not found (did `dvc pull` run?)")
+    for split in splits:
+        check_inside(root / split, root)
     ignored: list[str] = []
     per_split: dict[str, dict[str, list[Path]]] = {}
     for split in splits:
@@ -45,6 +59,7 @@ def scan_dataset(root: Path, splits: tuple[str, ...]) -> Scan:
             if is_hidden(entry.name):
                 ignored.append(str(entry.relative_to(root)))
                 continue
+            check_inside(entry, root)
             if not entry.is_dir():
                 ignored.append(str(entry.relative_to(root)))
                 continue
@@ -55,7 +70,9 @@ def scan_dataset(root: Path, splits: tuple[str, ...]) -> Scan:
                     if f.is_file():
                         ignored.append(str(f.relative_to(root)))
                     continue
-                if f.is_file():
+                check_inside(f, root)
+                # A broken link stays in the list: the loader rejects it as unreadable.
+                if f.is_file() or f.is_symlink():
                     files.append(f)
             if not files:
                 raise DatasetError(
@@ -78,3 +95,24 @@ def scan_dataset(root: Path, splits: tuple[str, ...]) -> Scan:
         for cls in class_names:
             scan.files += [(split, cls, p) for p in per_split[split][cls]]
     return scan
+
+
+def detect_splits(root: Path, train_dir: str, test_dir: str) -> tuple[str, ...]:
+    """The splits of ``root``: (train_dir, test_dir), or ``(".",)`` for one folder of classes.
+
+    Raises:
+        DatasetError: when only one of the two split folders exists, or ``root`` is missing.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found (did `dvc pull` run?)")
+    has_train, has_test = (root / train_dir).is_dir(), (root / test_dir).is_dir()
+    if has_train and has_test:
+        return (train_dir, test_dir)
+    if has_train or has_test:
+        missing = test_dir if has_train else train_dir
+        raise DatasetError(
+            f"{root / missing}: split folder not found; a dataset with '{train_dir}' needs "
+            f"'{test_dir}' too (or use one folder of class folders)"
+        )
+    return (".",)

@@ -96,3 +96,18 @@ def learning_curves(history: Mapping[str, Sequence[float]], path: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def image_sizes(sizes: Mapping[str, Sequence[tuple[int, int]]], path: Path) -> None:
+    """Scatter of original image width vs height, one colour per split."""
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for split, wh in sizes.items():
+        if wh:
+            arr = np.asarray(wh)
+            ax.scatter(arr[:, 0], arr[:, 1], s=10, alpha=0.6, label=f"{split} (n={len(arr)})")
+    ax.set_xlabel("width (px)")
+    ax.set_ylabel("height (px)")
+    ax.set_title("Original image sizes")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)

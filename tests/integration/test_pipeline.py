@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -49,15 +50,40 @@ def test_ingest_indexes_every_file(pipeline):
     assert r.classes == ["alpha", "beta", "gamma"]
     assert (r.n_accepted, r.n_rejected) == (66, 0)
     header = (pipeline["art"] / "ingest" / "index.csv").read_text().splitlines()[0]
-    assert header == "path,class,split,sha256,width,height"
+    assert header == "path,class,split,sha256,width,height,dhash,group,leak"
+    # The tiny data's vertical stripes repeat with only 4 phases: five beta training images and
+    # one beta test image share a dHash. The report finds them; ingest logged its own run.
+    report = json.loads((pipeline["art"] / "ingest" / "report.json").read_text())
+    dups = report["duplicates"]
+    assert dups["exact_groups"] == 0 and dups["label_conflicts"] == 0
+    assert (dups["leaky_test_files"], dups["leakfree_test_files"]) == (1, 17)
+    leakage = json.loads((pipeline["art"] / "ingest" / "leakage.json").read_text())
+    assert leakage["leakage"][0]["path"] == "Testing_Data/beta/beta_04.png"
+    assert len(leakage["leakage"][0]["twins"]) == 5
+    client = MlflowClient(pipeline["uri"])
+    run = client.get_run(r.run_id)
+    assert run.info.run_name == "ingest" and run.data.tags["imgclf.stage"] == "ingest"
+    assert run.data.metrics["leaky_test_files"] == 1
+    names = {a.path for a in client.list_artifacts(r.run_id, "ingest")}
+    assert {"ingest/dataset_card.md", "ingest/leakage.json", "ingest/image_sizes.png"} <= names
 
 
 def test_preprocess_caches_tensors_and_plots(pipeline):
     art = pipeline["art"] / "preprocess"
     arrays = preprocess.load_dataset(art / "dataset.npz")
-    assert arrays["x_train"].shape == (36, 32, 48, 3) and arrays["x_train"].dtype == np.uint8
-    assert len(arrays["y_val"]) == 12 and len(arrays["y_test"]) == 18
-    assert np.bincount(arrays["y_val"]).tolist() == [4, 4, 4]
+    assert arrays["x_train"].shape[1:] == (32, 48, 3) and arrays["x_train"].dtype == np.uint8
+    assert len(arrays["y_train"]) + len(arrays["y_val"]) == 48 and len(arrays["y_test"]) == 18
+    assert all(3 <= c <= 6 for c in np.bincount(arrays["y_val"], minlength=3))  # ~val_fraction
+    # The near-duplicate group sits wholly on one side of the train/val split.
+    with (art / "split.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    sides: dict[str, set[str]] = {}
+    for r in rows:
+        if r["subset"] != "test":
+            sides.setdefault(r["group"], set()).add(r["subset"])
+    assert max(map(len, sides.values())) == 1 and len(sides) == 43
+    assert [r["path"] for r in rows if r["leak"] == "1" and r["subset"] == "test"] == [
+        "Testing_Data/beta/beta_04.png"]
     for name in ("class_counts.png", "sample_grid.png"):
         assert (art / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -73,6 +99,15 @@ def test_metrics_file_for_dvc(pipeline):
     assert 0.9 <= metrics["accuracy"] <= 1.0
     assert 0.0 <= metrics["macro_f1"] <= 1.0
     assert set(metrics["per_class"]) == {"alpha", "beta", "gamma"}
+    assert (metrics["n_test"], metrics["n_leakfree"], metrics["n_leaky"]) == (18, 17, 1)
+    assert 0.85 <= metrics["leakfree_accuracy"] <= 1.0
+    low, high = metrics["leakfree_accuracy_ci95_low"], metrics["leakfree_accuracy_ci95_high"]
+    assert low < metrics["leakfree_accuracy"] <= high
+    assert metrics["accuracy_ci95_low"] < metrics["accuracy"] <= metrics["accuracy_ci95_high"]
+    confusion = json.loads((pipeline["art"] / "evaluate" / "confusion.json").read_text())
+    assert sum(map(sum, confusion["confusion_matrix_leakfree"])) == 17
+    rows = (pipeline["art"] / "evaluate" / "predictions_leakfree.csv").read_text().splitlines()
+    assert len(rows) == 18
     rows = (pipeline["art"] / "evaluate" / "predictions.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted,probability" and len(rows) == 19
 
@@ -89,6 +124,9 @@ def test_mlflow_run_has_params_epochs_tags_and_figures(pipeline):
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert len(client.get_metric_history(run.info.run_id, key)) == epochs
     assert run.data.metrics["test_accuracy"] == pytest.approx(pipeline["res"]["evaluate"].accuracy)
+    assert run.data.metrics["test_leakfree_accuracy"] == pytest.approx(
+        pipeline["res"]["evaluate"].leakfree_accuracy)
+    assert run.data.metrics["test_n_leakfree"] == 17
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
     assert "evaluate/confusion_matrix.png" in names and "evaluate/learning_curves.png" in names
 

@@ -1,7 +1,16 @@
-"""ingest: scan the folder-per-class dataset, decode every file once, write an index and a report.
+"""ingest: validate the folder-per-class dataset, index it, and write its dataset card.
 
-Outputs (``out_dir``): ``index.csv`` (accepted files: path, class, split, sha256, width, height)
-and ``report.json`` (counts, classes, ignored entries, rejected files with reason codes).
+Every file is decoded once (:mod:`imgclf.validate`): rejected files are listed with a reason
+code, exact and near duplicates and train/test leakage are found, and the result goes to
+``out_dir`` as DVC outputs and to a dedicated MLflow run (``run_name="ingest"``, tagged with
+the data hash), so the data's state is visible beside the training runs.
+
+Outputs (``out_dir``): ``index.csv`` (accepted files: path, class, split, sha256, width, height,
+dhash, group = near-duplicate group within the split, leak = has a twin in the other split),
+``report.json`` (counts, rejected and ignored entries, duplicate summary), ``leakage.json``
+(exact groups, label conflicts, each leaky test file with its training twins and distances),
+``dataset_card.md`` with ``class_counts.png``, ``sample_grid.png``, ``image_sizes.png``, and
+``mlflow_run.json`` (the ingest run's id).
 """
 
 from __future__ import annotations
@@ -9,21 +18,22 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from collections import Counter
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any
 
-from imgclf.config import Config, DataConfig
-from imgclf.dataset import scan_dataset
+import numpy as np
+
+from imgclf import plots
+from imgclf.config import Config
 from imgclf.fileio import write_json, write_text
-from imgclf.images import ImageRejected, open_image
-from imgclf.parallel import map_in_processes
+from imgclf.images import ImageRejected, load_resized
+from imgclf.validate import Validation, render_card, validate_dataset
 
 log = logging.getLogger(__name__)
 
-INDEX_FIELDS = ("path", "class", "split", "sha256", "width", "height")
+INDEX_FIELDS = ("path", "class", "split", "sha256", "width", "height", "dhash", "group", "leak")
+CARD_FIGURES = ("class_counts.png", "sample_grid.png", "image_sizes.png")
+SAMPLES_PER_CLASS = 6
 
 
 class IngestError(RuntimeError):
@@ -38,77 +48,107 @@ class IngestResult:
     n_ignored: int
     index_path: Path
     report_path: Path
+    n_leaky_test: int = 0
+    exact_groups_across_splits: int = 0
+    run_id: str | None = None
 
 
-def _inspect(path: Path, *, min_side: int, max_pixels: int) -> dict[str, Any]:
-    try:
-        _, info = open_image(path, min_side=min_side, max_pixels=max_pixels)
-    except ImageRejected as exc:
-        return {"ok": False, "reason": exc.reason, "detail": exc.detail}
-    return {"ok": True, "sha256": info.sha256, "width": info.width, "height": info.height}
-
-
-def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> IngestResult:
-    """Index the dataset under ``in_dir`` into ``out_dir``."""
-    data: DataConfig = cfg.data
-    scan = scan_dataset(in_dir, (data.train_dir, data.test_dir))
-    log.info("ingest: %d files in %d classes %s", len(scan.files), len(scan.classes), scan.classes)
-    inspect = partial(_inspect, min_side=data.min_side, max_pixels=data.max_pixels)
-    results = map_in_processes(inspect, [p for _, _, p in scan.files], data.workers)
-
-    rows: list[dict[str, Any]] = []
-    rejected: list[dict[str, str]] = []
-    for (split, cls, path), res in zip(scan.files, results, strict=True):
-        rel = path.relative_to(in_dir).as_posix()
-        if res["ok"]:
-            rows.append(
-                {"path": rel, "class": cls, "split": split, "sha256": res["sha256"],
-                 "width": res["width"], "height": res["height"]}
-            )
-        else:
-            rejected.append(
-                {"path": rel, "class": cls, "split": split, "reason": res["reason"],
-                 "detail": res["detail"]}
-            )
-            log.warning("ingest: rejected %s: %s %s", rel, res["reason"], res["detail"])
-
-    counts: dict[str, dict[str, int]] = {}
-    for row in rows:
-        counts.setdefault(row["split"], {c: 0 for c in scan.classes})[row["class"]] += 1
-    total = len(scan.files)
-    report = {
-        "dataset": in_dir.name,
-        "classes": scan.classes,
-        "splits": {"train": data.train_dir, "test": data.test_dir},
-        "n_files": total,
-        "n_accepted": len(rows),
-        "n_rejected": len(rejected),
-        "n_ignored": len(scan.ignored),
-        "counts": counts,
-        "rejected_reasons": dict(Counter(r["reason"] for r in rejected)),
-        "rejected": rejected,
-        "ignored": scan.ignored,
-    }
-
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _write_index(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=INDEX_FIELDS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
-    index_path, report_path = out_dir / "index.csv", out_dir / "report.json"
-    write_text(index_path, buf.getvalue())
-    write_json(report_path, report)
+    writer.writerows({k: r[k] for k in INDEX_FIELDS} for r in rows)
+    write_text(path, buf.getvalue())
 
-    if total and len(rejected) / total > data.max_rejected_fraction:
-        raise IngestError(
-            f"{in_dir}: {len(rejected)} of {total} files rejected "
-            f"({len(rejected) / total:.1%} > data.max_rejected_fraction="
-            f"{data.max_rejected_fraction:.1%}); see {report_path} for each file and reason"
-        )
-    log.info("ingest: %d accepted, %d rejected, %d ignored", len(rows), len(rejected),
-             len(scan.ignored))
-    return IngestResult(scan.classes, len(rows), len(rejected), len(scan.ignored), index_path,
-                        report_path)
+
+def write_card(v: Validation, out_dir: Path, thumb: tuple[int, int] = (64, 96)) -> list[Path]:
+    """Write the dataset card and its figures into ``out_dir``; return the files."""
+    plots.class_counts(v.report["counts"], out_dir / "class_counts.png")
+    samples, labels = [], []
+    for k, cls in enumerate(v.classes):
+        picked = [r for r in v.rows if r["class"] == cls and r["split"] == v.splits[0]]
+        for r in picked[:SAMPLES_PER_CLASS]:
+            try:
+                samples.append(load_resized(v.root / r["path"], *thumb))
+                labels.append(k)
+            except ImageRejected:  # changed on disk since validation: leave the cell empty
+                continue
+    images = np.stack(samples) if samples else np.zeros((0, *thumb, 3), np.uint8)
+    plots.sample_grid(images, labels, v.classes, out_dir / "sample_grid.png", SAMPLES_PER_CLASS)
+    plots.image_sizes(
+        {s: [(r["width"], r["height"]) for r in v.rows if r["split"] == s] for s in v.splits},
+        out_dir / "image_sizes.png",
+    )
+    card = out_dir / "dataset_card.md"
+    write_text(card, render_card(v, list(CARD_FIGURES)))
+    return [card, *(out_dir / f for f in CARD_FIGURES)]
+
+
+def run(cfg: Config, *, in_dir: Path, out_dir: Path, track: bool = True) -> IngestResult:
+    """Validate and index the dataset under ``in_dir`` into ``out_dir``.
+
+    Raises:
+        DatasetError: the layout is unusable.
+        IngestError: a configured limit is passed (the outputs are still written, and the
+            MLflow run ends FAILED, so the reasons can be read).
+    """
+    data = cfg.data
+    v = validate_dataset(in_dir, data, (data.train_dir, data.test_dir))
+    for r in v.rejected:
+        log.warning("ingest: rejected %s: %s %s", r["path"], r["reason"], r["detail"])
+    summary = v.duplicates["summary"]
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    index_path, report_path = out_dir / "index.csv", out_dir / "report.json"
+    _write_index(index_path, v.rows)
+    write_json(report_path, v.report)
+    write_json(out_dir / "leakage.json", v.duplicates)
+    files = [index_path, report_path, out_dir / "leakage.json", *write_card(v, out_dir)]
+    log.info(
+        "ingest: %d accepted, %d rejected, %d ignored; %d exact groups across splits, %d of %d "
+        "test files leak (dHash distance <= %d)", len(v.rows), len(v.rejected), len(v.ignored),
+        summary["exact_groups_across_splits"], summary["leaky_test_files"], summary["n_test"],
+        data.near_dup_distance,
+    )
+
+    run_id = None
+    if track:
+        run_id = _track(cfg, v, files)  # raises inside the run, so it ends FAILED
+    else:
+        check_limits(v, report_path)
+    return IngestResult(v.classes, len(v.rows), len(v.rejected), len(v.ignored), index_path,
+                        report_path, summary["leaky_test_files"],
+                        summary["exact_groups_across_splits"], run_id)
+
+
+def _track(cfg: Config, v: Validation, files: list[Path]) -> str:
+    """Log the validation to a dedicated MLflow run; fail it when a limit is passed."""
+    from imgclf import tracking
+    from imgclf.config import flatten
+    from imgclf.lineage import lineage_tags
+
+    s = v.duplicates["summary"]
+    metrics = {k: s[k] for k in ("exact_groups", "exact_groups_across_splits", "near_pairs",
+                                 "label_conflicts", "leaky_test_files", "leaky_test_files_exact",
+                                 "leakfree_test_files")}
+    metrics |= {"n_files": v.report["n_files"], "n_rejected": v.report["n_rejected"],
+                "n_ignored": v.report["n_ignored"]}
+    out_dir = files[0].parent
+    tags = {**lineage_tags(), "imgclf.stage": "ingest"}
+    with tracking.start_run(cfg.mlflow.experiment_name, run_name="ingest", tags=tags) as run_id:
+        tracking.log_params(flatten(cfg, ("data",)))
+        tracking.log_metrics(metrics)
+        for f in files:
+            tracking.log_artifact(f, "ingest")
+        write_json(out_dir / "mlflow_run.json", {"run_id": run_id})
+        check_limits(v, out_dir / "report.json")
+    return run_id
+
+
+def check_limits(v: Validation, report_path: Path) -> None:
+    """Raise :class:`IngestError` when the dataset is not usable."""
+    if v.problems:
+        raise IngestError("; ".join(v.problems) + f"; see {report_path}")
 
 
 def read_index(index_path: Path) -> list[dict[str, str]]:

@@ -1,11 +1,12 @@
 """preprocess: resize every accepted image to the model size, split, and cache the tensors.
 
-Training_data is split (stratified, seeded) into train and validation; Testing_Data is the test
-set. All images are decoded here once, so no training epoch decodes a JPEG.
+Training_data is split (stratified, seeded, near-duplicate groups kept on one side) into train
+and validation; Testing_Data is the test set. All images are decoded here once, so no training
+epoch decodes a JPEG.
 
 Outputs (``out_dir``): ``dataset.npz`` (x_/y_ train, val, test: uint8 RGB and int labels),
-``classes.json``, ``split.csv`` (each file's subset), ``counts.json``, ``class_counts.png``,
-``sample_grid.png``.
+``classes.json``, ``split.csv`` (each file's subset, near-duplicate group and leak flag),
+``counts.json``, ``class_counts.png``, ``sample_grid.png``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from imgclf import plots
 from imgclf.config import Config
@@ -40,13 +41,24 @@ class PreprocessResult:
 
 
 def split_train_val(
-    labels: np.ndarray, val_fraction: float, seed: int
+    labels: np.ndarray, val_fraction: float, seed: int, groups: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified, seeded split of indices into (train, val)."""
+    """Stratified, seeded split of indices into (train, val).
+
+    With ``groups`` (near-duplicate group ids), every group lands wholly on one side, so
+    validation accuracy is not memorisation: scikit-learn's ``StratifiedGroupKFold`` with
+    ``round(1 / val_fraction)`` folds, its first fold as validation (so the fraction is
+    approximate, e.g. 0.2 -> 5 folds). Without duplicates it is the plain stratified split.
+    """
     idx = np.arange(len(labels))
-    train_idx, val_idx = train_test_split(
-        idx, test_size=val_fraction, random_state=seed, stratify=labels
-    )
+    if groups is None or len(np.unique(groups)) == len(groups):
+        train_idx, val_idx = train_test_split(
+            idx, test_size=val_fraction, random_state=seed, stratify=labels
+        )
+        return np.sort(train_idx), np.sort(val_idx)
+    n_splits = max(2, round(1 / val_fraction))
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train_idx, val_idx = next(folds.split(idx, labels, groups))
     return np.sort(train_idx), np.sort(val_idx)
 
 
@@ -72,7 +84,8 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
     train_rows = [r for r in rows if r["split"] == data.train_dir]
     test_rows = [r for r in rows if r["split"] == data.test_dir]
     y_all = np.array([class_id[r["class"]] for r in train_rows], dtype=np.int64)
-    tr_idx, va_idx = split_train_val(y_all, data.val_fraction, data.split_seed)
+    groups = np.array([int(r["group"]) for r in train_rows]) if train_rows else None
+    tr_idx, va_idx = split_train_val(y_all, data.val_fraction, data.split_seed, groups)
     subsets = {
         "train": [train_rows[i] for i in tr_idx],
         "val": [train_rows[i] for i in va_idx],
@@ -97,9 +110,11 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
     write_json(out_dir / "classes.json", classes)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "class", "subset"])
+    # group: near-duplicate group within the split; leak: has a twin across train/test
+    # (evaluate scores the test files with leak == 0 separately).
+    writer.writerow(["path", "class", "subset", "group", "leak"])
     for s in SUBSETS:
-        writer.writerows([r["path"], r["class"], s] for r in subsets[s])
+        writer.writerows([r["path"], r["class"], s, r["group"], r["leak"]] for r in subsets[s])
     write_text(out_dir / "split.csv", buf.getvalue())
 
     per_class = {
