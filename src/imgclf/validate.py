@@ -196,9 +196,10 @@ def render_card(v: Validation, figures: list[str]) -> str:
         rej = sum(r["rejected_counts"][s][c] for s in v.splits)
         out.append(f"| {c} | " + " | ".join(str(r["counts"][s][c]) for s in v.splits)
                    + f" | {rej} |")
+    reasons = ", ".join(f"{k}: {n}" for k, n in sorted(r["rejected_reasons"].items()))
     out += ["", f"- files: {r['n_files']}, accepted {r['n_accepted']}, rejected "
-            f"{r['n_rejected']} {r['rejected_reasons'] or ''}, ignored hidden/system entries "
-            f"{r['n_ignored']}"]
+            f"{r['n_rejected']}" + (f" ({reasons})" if reasons else "")
+            + f", ignored hidden/system entries {r['n_ignored']}"]
     if r["image_sizes"]:
         w, h = r["image_sizes"]["width"], r["image_sizes"]["height"]
         out.append(f"- image width {w['min']}..{w['max']} px (median {w['median']:.0f}), "
