@@ -44,8 +44,11 @@ def configure_tensorflow(threads: int) -> None:
     import tensorflow as tf
 
     if threads > 0:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
+        except RuntimeError:  # already initialised in this process (tests, sweeps)
+            log.debug("TensorFlow thread pools already set; keeping them")
 
 
 def make_datasets(
