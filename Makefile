@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup repro test test-fast ui params lint clean help
+.PHONY: setup repro test test-fast ui params lint bench clean help
 
 help:
 	@echo "make repro   set up .venv, dvc pull the data, dvc repro the pipeline, show metrics"
@@ -19,6 +19,7 @@ help:
 	@echo "make ui      MLflow UI over the project's store on http://$(HOST):$(PORT)"
 	@echo "make params  recompose params.yaml from conf/ (Hydra)"
 	@echo "make lint    ruff + mypy on src/"
+	@echo "make bench   measure accuracy (3 seeds), repro time, throughput; write BENCHMARKS.md"
 
 setup: $(STAMP)
 
@@ -47,9 +48,13 @@ params: $(STAMP)
 	$(BIN)/imgclf params
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy src
+
+bench: $(STAMP)
+	$(BIN)/dvc pull --quiet data.dvc
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
-MODEL_NAMES = ("cnn",)
+MODEL_NAMES = ("cnn", "seed_cnn")
+SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -27,8 +28,8 @@ class ConfigError(ValueError):
 class DataConfig:
     train_dir: str = "Training_data"
     test_dir: str = "Testing_Data"
-    image_height: int = 96
-    image_width: int = 144
+    image_height: int = 64
+    image_width: int = 96
     val_fraction: float = 0.2
     split_seed: int = 42
     min_side: int = 16
@@ -41,21 +42,22 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "cnn"
-    blocks: int = 3
+    blocks: int = 4
     filters: int = 32
     kernel_size: int = 3
     dense_units: int = 128
     dropout: float = 0.3
-    batch_norm: bool = False
-    global_pool: bool = False
+    batch_norm: bool = True
+    global_pool: bool = True
 
 
 @dataclass
 class OptimizerConfig:
     name: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
+    schedule: str = "cosine"
 
 
 @dataclass
@@ -70,12 +72,12 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 32
     patience: int = 10
     monitor: str = "val_loss"
     seed: int = 42
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     threads: int = 0
 
 
@@ -125,6 +127,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.optimizer.name in OPTIMIZER_NAMES, "optimizer.name",
          f"must be one of {OPTIMIZER_NAMES}"),
         (cfg.optimizer.learning_rate > 0, "optimizer.learning_rate", "must be > 0"),
+        (cfg.optimizer.schedule in SCHEDULES, "optimizer.schedule", f"must be one of {SCHEDULES}"),
         (cfg.train.epochs >= 1, "train.epochs", "must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1"),
         (cfg.train.monitor in ("val_loss", "val_accuracy"), "train.monitor",

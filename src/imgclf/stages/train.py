@@ -110,7 +110,8 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
     model = build_model(
         cfg.model, input_shape, len(classes), augment=cfg.augment, seed=cfg.train.seed
     )
-    compile_model(model, cfg.optimizer, cfg.train)
+    steps_per_epoch = math.ceil(len(arrays["y_train"]) / cfg.train.batch_size)
+    compile_model(model, cfg.optimizer, cfg.train, steps_per_epoch)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ckpt-") as ckpt_dir:
