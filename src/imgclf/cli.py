@@ -11,7 +11,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,23 @@ from typing import Any
 log = logging.getLogger("imgclf")
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that open MLflow runs unwind and end KILLED.
+
+    Python's default SIGTERM action kills the process without running ``finally`` blocks,
+    which would leave the run RUNNING. It subclasses KeyboardInterrupt so every handler of
+    Ctrl-C treats it alike.
+    """
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    # Further SIGTERMs while unwinding would interrupt the status update; SIGKILL still works.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(f"signal {signum}")
 
 
 def _setup(verbose: bool = False) -> None:
@@ -189,10 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     from imgclf.config import ConfigError
     from imgclf.dataset import DatasetError
     from imgclf.predict import DEFAULT_MODEL_URI, ModelLoadError
+    from imgclf.resume import TrainingBusyError
     from imgclf.stages.ingest import IngestError
 
     expected: tuple[type[BaseException], ...] = (
         ConfigError, DatasetError, IngestError, ModelLoadError, FileNotFoundError,
+        TrainingBusyError,
     )
     handler: Callable[[], Any]
     if args.command == "ui":
@@ -206,14 +227,22 @@ def main(argv: list[str] | None = None) -> int:
         handler = lambda: _predict(args)  # noqa: E731
     else:
         handler = lambda: _stage(args.command, args)  # noqa: E731
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(handler() or 0)
     except expected as exc:
         log.error("%s", exc)
         return EXIT_USER_ERROR
+    except Terminated:
+        log.error("terminated (SIGTERM)")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         log.error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
