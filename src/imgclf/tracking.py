@@ -23,6 +23,8 @@ import os
 import random
 import socket
 import sqlite3
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -32,6 +34,7 @@ import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
 from imgclf.lineage import project_root
 
@@ -88,6 +91,39 @@ def configure(experiment_name: str | None = None) -> str | None:
         exp_id = exp.experiment_id
     _retrying(mlflow.set_experiment, experiment_id=exp_id)
     return exp_id
+
+
+def _source_tags() -> dict[str, str]:
+    """Replacements for MLflow's automatic ``mlflow.source.*`` tags.
+
+    MLflow records the script's absolute path (a home folder, a user name) and the git remote
+    URL, which may carry a token (``https://user:token@host/...``) or be a local path. Tags
+    passed to ``start_run`` win over the automatic ones.
+    """
+    tags = {MLFLOW_SOURCE_NAME: Path(sys.argv[0]).name or "python"}
+    remote = _git_remote_url()
+    if remote is not None:
+        tags[MLFLOW_GIT_REPO_URL] = remote
+    return tags
+
+
+def _git_remote_url() -> str | None:
+    """The origin's URL without credentials; "" for a local path (which would leak a folder)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        url = subprocess.run(
+            ["git", "remote", "get-url", "origin"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https", "ssh", "git") and parts.hostname:
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if "://" not in url and ":" in url and not url.startswith(("/", ".", "~")):
+        return url.split("@")[-1]  # scp-like git@host:org/repo.git: the user is no secret
+    return ""
 
 
 def _prepare_sqlite(uri: str) -> None:
@@ -174,6 +210,7 @@ def start_run(
     exp_id = configure(experiment_name)
     assert exp_id is not None
     end_dead_runs(exp_id, keep=run_id)
+    tags = {**_source_tags(), **(tags or {})}
     if run_id is not None and run_exists(run_id):
         active = _retrying(mlflow.start_run, run_id=run_id)
         _retrying(mlflow.set_tags, dict(tags or {}))
@@ -400,5 +437,7 @@ def load_registered_keras_model(model_uri: str) -> tuple[Any, dict[str, Any]]:
     from mlflow.models import get_model_info
 
     info = get_model_info(model_uri)
-    model = mlflow.tensorflow.load_model(model_uri)
+    model = mlflow.tensorflow.load_model(
+        model_uri, keras_model_kwargs={"safe_mode": True, "compile": False}
+    )
     return model, dict(info.metadata or {})
