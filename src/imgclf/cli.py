@@ -113,6 +113,16 @@ def _ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _doctor(args: argparse.Namespace) -> int:
+    from imgclf.dvclock import diagnose
+    from imgclf.lineage import project_root
+
+    ok, lines = diagnose(Path(args.root) if args.root else project_root(), fix=args.fix)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
 def _predict(args: argparse.Namespace) -> int:
     from imgclf.predict import collect_images, load_model, predict_files
 
@@ -193,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--params", default=None,
                    help="params file for the limits (default: ./params.yaml if present)")
+    p = sub.add_parser("doctor", help="after a killed `dvc repro`: find stale DVC locks and "
+                       "say how to recover (make repro runs it when dvc repro fails)")
+    p.add_argument("--fix", action="store_true",
+                   help="remove a stale .dvc/tmp/rwlock (never one a live DVC process holds)")
+    p.add_argument("--root", default=None, help="project folder (default: this project)")
     p = sub.add_parser("predict", help="classify image files or folders")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--model", default=None,
@@ -222,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         handler = lambda: _params(args)  # noqa: E731
     elif args.command == "validate":
         handler = lambda: _validate(args)  # noqa: E731
+    elif args.command == "doctor":
+        handler = lambda: _doctor(args)  # noqa: E731
     elif args.command == "predict":
         args.model = args.model or DEFAULT_MODEL_URI
         handler = lambda: _predict(args)  # noqa: E731
