@@ -89,31 +89,39 @@ def diagnose(root: Path, *, fix: bool = False) -> tuple[bool, list[str]]:
     holder = repo_lock_holder(dvc_dir)
     if holder is not None:
         ok = False
-        lines.append(f"DVC is running (pid {holder} holds .dvc/tmp/lock): wait for it to "
-                     f"finish, or stop it with `kill {holder}`. This lock frees itself when "
-                     "its process ends.")
+        lines.append(
+            f"DVC is running (pid {holder} holds .dvc/tmp/lock): wait for it to "
+            f"finish, or stop it with `kill {holder}`. This lock frees itself when "
+            "its process ends."
+        )
     holders = rwlock_holders(dvc_dir)
     live = [h for h in holders if h.is_live_dvc]
     stale = [h for h in holders if not h.is_live_dvc and h.running_cmd is not None]
     for h in live:
         ok = False
-        lines.append(f"DVC pid {h.pid} ({h.running_cmd}) is still using the pipeline's "
-                     f"outputs: wait for it, or stop it with `kill {h.pid}`, then rerun.")
+        lines.append(
+            f"DVC pid {h.pid} ({h.running_cmd}) is still using the pipeline's "
+            f"outputs: wait for it, or stop it with `kill {h.pid}`, then rerun."
+        )
     if stale and not live:
         rwlock = dvc_dir / "tmp" / "rwlock"
         desc = ", ".join(f"pid {h.pid} now runs `{h.running_cmd}`" for h in stale)
         if fix:
             with contextlib.suppress(FileNotFoundError):
                 rwlock.unlink()
-            lines.append(f"Removed the stale {rwlock.relative_to(root)} left by a killed "
-                         f"`{stale[0].recorded_cmd}` ({desc}, not DVC).")
+            lines.append(
+                f"Removed the stale {rwlock.relative_to(root)} left by a killed "
+                f"`{stale[0].recorded_cmd}` ({desc}, not DVC)."
+            )
         else:
             ok = False
-            lines.append(f"Stale DVC lock: {rwlock.relative_to(root)} was left by a killed "
-                         f"`{stale[0].recorded_cmd}` and its pid was reused ({desc}, not DVC). "
-                         f"Recover with `imgclf doctor --fix` (or `rm {rwlock.relative_to(root)}`)"
-                         ", then `make repro`; an interrupted train resumes from its last "
-                         "finished epoch.")
+            lines.append(
+                f"Stale DVC lock: {rwlock.relative_to(root)} was left by a killed "
+                f"`{stale[0].recorded_cmd}` and its pid was reused ({desc}, not DVC). "
+                f"Recover with `imgclf doctor --fix` (or `rm {rwlock.relative_to(root)}`)"
+                ", then `make repro`; an interrupted train resumes from its last "
+                "finished epoch."
+            )
     if ok and not lines:
         lines.append("DVC locks are free: `dvc repro` can run.")
     return ok, lines

@@ -81,7 +81,8 @@ def resume_key(params: Mapping[str, Any], data_files: list[Path]) -> str:
     """A short hash of the training params and the input files' bytes."""
     blob = json.dumps(
         {"params": dict(params), "data": [dataset_md5(p) for p in data_files]},
-        sort_keys=True, default=str,
+        sort_keys=True,
+        default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -104,8 +105,9 @@ class Checkpointer:
     def _checkpoints(self) -> list[Path]:
         if not self.root.is_dir():
             return []
-        return sorted(p for p in self.root.iterdir()
-                      if p.is_dir() and p.name.startswith(_EPOCH_PREFIX))
+        return sorted(
+            p for p in self.root.iterdir() if p.is_dir() and p.name.startswith(_EPOCH_PREFIX)
+        )
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -156,8 +158,10 @@ class Checkpointer:
             self.discard()
             return None, None
         if state.key != self.key:
-            log.info("train: params or data changed since the interrupted run %s; starting "
-                     "afresh", state.run_id)
+            log.info(
+                "train: params or data changed since the interrupted run %s; starting afresh",
+                state.run_id,
+            )
             self.discard()
             return None, state.run_id
         self._current = latest
@@ -259,11 +263,14 @@ def make_callback(
                     state.stopped_early = True
                     self.model.stop_training = True
             values["optimizer_iterations"] = float(
-                keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+                keras.ops.convert_to_numpy(self.model.optimizer.iterations)
+            )
             values["learning_rate"] = float(
-                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            )
             state.history.setdefault("optimizer_iterations", []).append(
-                values["optimizer_iterations"])
+                values["optimizer_iterations"]
+            )
             state.history.setdefault("learning_rate", []).append(values["learning_rate"])
             checkpointer.commit(self.model, state, improved=improved)
             on_epoch(epoch, values)

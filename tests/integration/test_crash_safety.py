@@ -49,10 +49,17 @@ def _write_tensors(folder: Path, n_train: int = N_TRAIN, n_val: int = 48) -> Pat
 
     x_train, y_train = split(n_train)
     x_val, y_val = split(n_val)
-    save_dataset(folder / "dataset.npz", {
-        "x_train": x_train, "y_train": y_train, "x_val": x_val, "y_val": y_val,
-        "x_test": x_val[:6], "y_test": y_val[:6],
-    })
+    save_dataset(
+        folder / "dataset.npz",
+        {
+            "x_train": x_train,
+            "y_train": y_train,
+            "x_val": x_val,
+            "y_val": y_val,
+            "x_test": x_val[:6],
+            "y_test": y_val[:6],
+        },
+    )
     write_json(folder / "classes.json", list(TINY_CLASSES))
     return folder
 
@@ -64,17 +71,29 @@ def _write_params(path: Path, cfg: Config) -> Path:
 
 @pytest.fixture
 def train_setup(tmp_path: Path, mlflow_store: str) -> dict:
-    cfg = tiny_config(train={"epochs": EPOCHS, "batch_size": BATCH, "patience": 50,
-                             "threads": 1, "seed": 3},
-                      augment={"enabled": False})
+    cfg = tiny_config(
+        train={"epochs": EPOCHS, "batch_size": BATCH, "patience": 50, "threads": 1, "seed": 3},
+        augment={"enabled": False},
+    )
     pre = _write_tensors(tmp_path / "preprocess")
     params = _write_params(tmp_path / "params.yaml", cfg)
     out = tmp_path / "train"
     cmd = [IMGCLF, "train", "--params", str(params), "--preprocess", str(pre), "--out", str(out)]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": str(REPO_ROOT)}
-    return {"cfg": cfg, "pre": pre, "out": out, "cmd": cmd, "env": env, "uri": mlflow_store,
-            "tmp": tmp_path}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": mlflow_store,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+    return {
+        "cfg": cfg,
+        "pre": pre,
+        "out": out,
+        "cmd": cmd,
+        "env": env,
+        "uri": mlflow_store,
+        "tmp": tmp_path,
+    }
 
 
 def _latest_checkpoint(out: Path) -> tuple[int, dict] | None:
@@ -90,8 +109,9 @@ def _latest_checkpoint(out: Path) -> tuple[int, dict] | None:
     return None
 
 
-def _signal_after(out: Path, pid: int, sig: int, after_epoch: int,
-                  alive: Callable[[], bool]) -> dict:
+def _signal_after(
+    out: Path, pid: int, sig: int, after_epoch: int, alive: Callable[[], bool]
+) -> dict:
     """Send ``sig`` to ``pid`` once ``after_epoch`` epochs are checkpointed in ``out``."""
     while True:
         seen = _latest_checkpoint(out)
@@ -112,8 +132,7 @@ def _sigterm_self_after(out: Path, after_epoch: int) -> threading.Event:
 
     def watch() -> None:
         with contextlib.suppress(AssertionError):
-            _signal_after(out, os.getpid(), signal.SIGTERM, after_epoch,
-                          lambda: not done.is_set())
+            _signal_after(out, os.getpid(), signal.SIGTERM, after_epoch, lambda: not done.is_set())
 
     threading.Thread(target=watch, daemon=True).start()
     return done
@@ -144,11 +163,11 @@ def test_sigterm_then_sigkill_then_resume_continues_the_same_run(train_setup, ca
     # SIGKILL to a train process: nothing can run; the run is left RUNNING, outputs absent.
     log = s["tmp"] / "train.log"
     with log.open("ab") as f:
-        proc = subprocess.Popen(s["cmd"], cwd=s["tmp"], env=s["env"], stdout=f,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            s["cmd"], cwd=s["tmp"], env=s["env"], stdout=f, stderr=subprocess.STDOUT
+        )
     try:
-        _signal_after(s["out"], proc.pid, signal.SIGKILL, seen[0] + 2,
-                      lambda: proc.poll() is None)
+        _signal_after(s["out"], proc.pid, signal.SIGKILL, seen[0] + 2, lambda: proc.poll() is None)
         assert proc.wait(timeout=60) == -signal.SIGKILL
     finally:
         proc.kill()
@@ -172,8 +191,10 @@ def test_sigterm_then_sigkill_then_resume_continues_the_same_run(train_setup, ca
     assert [int(r["epoch"]) for r in rows] == list(range(1, EPOCHS + 1))
     for i in range(k):
         assert float(rows[i]["loss"]) == pytest.approx(killed["history"]["loss"][i], abs=1e-6)
-    metrics = {key: client.get_metric_history(run_id, key)
-               for key in ("loss", "val_loss", "accuracy", "val_accuracy", "optimizer_iterations")}
+    metrics = {
+        key: client.get_metric_history(run_id, key)
+        for key in ("loss", "val_loss", "accuracy", "val_accuracy", "optimizer_iterations")
+    }
     for key, hist in metrics.items():
         assert sorted(m.step for m in hist) == list(range(EPOCHS)), key
     # Optimizer state carried over: its step counter (what a learning-rate schedule reads)
@@ -217,8 +238,9 @@ def test_changed_params_start_afresh_and_end_the_abandoned_run(train_setup, monk
 
 def test_nan_loss_fails_the_run_and_writes_nothing(train_setup):
     s = train_setup
-    cfg = tiny_config(optimizer={"name": "sgd", "learning_rate": 1e12},
-                      train={"epochs": 3, "threads": 1})
+    cfg = tiny_config(
+        optimizer={"name": "sgd", "learning_rate": 1e12}, train={"epochs": 3, "threads": 1}
+    )
     with pytest.raises(FloatingPointError):
         train.run(cfg, in_dir=s["pre"], out_dir=s["out"])
     client = MlflowClient(s["uri"])
@@ -240,17 +262,19 @@ def test_run_of_a_dead_process_is_marked_killed_at_the_next_start(mlflow_store):
     dead.wait()
     exp_id = tracking.configure("tiny")
     client = MlflowClient()
-    stale = client.create_run(exp_id, tags={tracking.HOST_TAG: os.uname().nodename,
-                                            tracking.PID_TAG: str(dead.pid)}).info.run_id
-    live = client.create_run(exp_id, tags={tracking.HOST_TAG: os.uname().nodename,
-                                           tracking.PID_TAG: str(os.getpid())}).info.run_id
-    elsewhere = client.create_run(exp_id, tags={tracking.HOST_TAG: "another-host",
-                                                tracking.PID_TAG: str(dead.pid)}).info.run_id
+    stale = client.create_run(
+        exp_id, tags={tracking.HOST_TAG: os.uname().nodename, tracking.PID_TAG: str(dead.pid)}
+    ).info.run_id
+    live = client.create_run(
+        exp_id, tags={tracking.HOST_TAG: os.uname().nodename, tracking.PID_TAG: str(os.getpid())}
+    ).info.run_id
+    elsewhere = client.create_run(
+        exp_id, tags={tracking.HOST_TAG: "another-host", tracking.PID_TAG: str(dead.pid)}
+    ).info.run_id
     with tracking.start_run("tiny") as run_id:
         pass
     status = {r: tracking.run_status(r) for r in (stale, live, elsewhere, run_id)}
-    assert status == {stale: "KILLED", live: "RUNNING", elsewhere: "RUNNING",
-                      run_id: "FINISHED"}
+    assert status == {stale: "KILLED", live: "RUNNING", elsewhere: "RUNNING", run_id: "FINISHED"}
 
 
 CONCURRENT_WRITER = """
@@ -268,9 +292,17 @@ print(run_id)
 def test_concurrent_writers_share_one_sqlite_store(tmp_path, mlflow_store):
     # A fresh store: the writers also race to create its tables.
     env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_store, "PYTHONPATH": str(REPO_ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", CONCURRENT_WRITER, str(i)], cwd=tmp_path,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT_WRITER, str(i)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for p, (_, err) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, err[-3000:]
@@ -302,12 +334,15 @@ def test_a_second_trainer_on_the_same_folder_is_refused(train_setup):
     s = train_setup
     lock = s["out"] / resume.RESUME_DIRNAME / resume.LOCK_NAME
     lock.parent.mkdir(parents=True)
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)],
-                              stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
-        with pytest.raises(resume.TrainingBusyError,
-                           match=f"another train \\(pid {holder.pid}\\).*kill {holder.pid}"):
+        with pytest.raises(
+            resume.TrainingBusyError,
+            match=f"another train \\(pid {holder.pid}\\).*kill {holder.pid}",
+        ):
             train.run(s["cfg"], in_dir=s["pre"], out_dir=s["out"])
     finally:
         holder.kill()

@@ -70,11 +70,17 @@ def project(tmp_path: Path) -> Path:
 
 def test_killed_dvc_repro_recovers_and_a_reused_pid_gets_a_recovery_message(project, capsys):
     rwlock = project / ".dvc" / "tmp" / "rwlock"
-    repro = subprocess.Popen([DVC, "repro"], cwd=project, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL, start_new_session=True)
+    repro = subprocess.Popen(
+        [DVC, "repro"],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
-        _wait_for(lambda: (project / "started").exists() and bool(_writers(rwlock)),
-                  "the stage to start")
+        _wait_for(
+            lambda: (project / "started").exists() and bool(_writers(rwlock)), "the stage to start"
+        )
         stale = json.loads(rwlock.read_text())
         repro.send_signal(signal.SIGKILL)
         assert repro.wait(timeout=30) == -signal.SIGKILL

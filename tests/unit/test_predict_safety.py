@@ -8,8 +8,9 @@ import pytest
 from imgclf.predict import ModelLoadError, load_model
 
 
-@pytest.mark.parametrize("spec", ["runs:/0123abcd/model", "https://example.com/model.h5x",
-                                  "s3://bucket/model"])
+@pytest.mark.parametrize(
+    "spec", ["runs:/0123abcd/model", "https://example.com/model.h5x", "s3://bucket/model"]
+)
 def test_only_registry_uris_or_files(spec):
     with pytest.raises(ModelLoadError, match="not a registry URI"):
         load_model(spec)
