@@ -27,6 +27,7 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from imgclf import cli, resume, tracking
+from imgclf import model as model_module
 from imgclf.config import Config
 from imgclf.fileio import write_json
 from imgclf.stages import train
@@ -210,8 +211,8 @@ def test_sigterm_then_sigkill_then_resume_continues_the_same_run(train_setup, ca
     assert list((s["out"] / resume.RESUME_DIRNAME).glob("epoch-*")) == []
 
 
-def test_changed_params_start_afresh_and_end_the_abandoned_run(train_setup, monkeypatch):
-    s = train_setup
+def _interrupt_after_epoch_2(s: dict, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Train until 2 epochs are checkpointed, then stop as a SIGKILL would: run left RUNNING."""
     log_metrics = tracking.log_metrics
 
     def interrupted_after_epoch_2(metrics, step=None):
@@ -225,15 +226,34 @@ def test_changed_params_start_afresh_and_end_the_abandoned_run(train_setup, monk
             train.run(s["cfg"], in_dir=s["pre"], out_dir=s["out"])
     seen = _latest_checkpoint(s["out"])
     assert seen is not None and seen[0] == 2
-    old = seen[1]["run_id"]
     client = MlflowClient(s["uri"])
-    client.update_run(old, status="RUNNING")  # as a SIGKILL would have left it
+    assert client.get_run(seen[1]["run_id"]).info.status == "KILLED"  # Ctrl-C ends it KILLED
+    client.update_run(seen[1]["run_id"], status="RUNNING")
+    return seen[1]["run_id"]
 
-    cfg = dataclasses.replace(s["cfg"], train=dataclasses.replace(s["cfg"].train, epochs=3))
+
+@pytest.mark.parametrize("change", ["params", "model code"])
+def test_a_changed_experiment_starts_afresh_and_ends_the_abandoned_run(
+    train_setup, monkeypatch, change
+):
+    s = train_setup
+    old = _interrupt_after_epoch_2(s, monkeypatch)
+    cfg = s["cfg"]
+    if change == "params":
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=3))
+    else:  # same params, but model.py now builds a different network: the weights won't fit
+        build = model_module.build_model
+
+        def wider(mcfg, *args, **kwargs):
+            return build(dataclasses.replace(mcfg, filters=mcfg.filters * 2), *args, **kwargs)
+
+        monkeypatch.setattr(model_module, "build_model", wider)
     result = train.run(cfg, in_dir=s["pre"], out_dir=s["out"])
-    assert result.run_id != old and result.epochs_run == 3
+    assert result.run_id != old and result.epochs_run == cfg.train.epochs
+    client = MlflowClient(s["uri"])
     assert client.get_run(old).info.status == "KILLED"
     assert client.get_run(result.run_id).info.status == "FINISHED"
+    assert "resumed_after_epoch" not in client.get_run(result.run_id).data.tags
 
 
 def test_nan_loss_fails_the_run_and_writes_nothing(train_setup):

@@ -94,12 +94,18 @@ def read_history(path: Path) -> dict[str, list[float]]:
 def _restore(ckpt: resume.Checkpointer, model: Any, experiment: str) -> resume.ResumeState:
     """The interrupted training to continue (weights loaded into ``model``), or a fresh state."""
     state, superseded_run = ckpt.load()
+    if state is not None:
+        try:
+            ckpt.restore_weights(model)
+        except (ValueError, OSError) as exc:  # the model code changed shape since the kill
+            log.warning("train: cannot resume from %s (%s); starting afresh", ckpt.root, exc)
+            ckpt.discard()
+            superseded_run, state = state.run_id, None
     if superseded_run is not None:
         tracking.configure(experiment)
-        tracking.mark_killed(superseded_run, "interrupted; its params or data have changed")
+        tracking.mark_killed(superseded_run, "interrupted; its params, data or model changed")
     if state is None:
         return resume.ResumeState(key=ckpt.key)
-    ckpt.restore_weights(model)
     log.info("train: resuming after epoch %d (MLflow run %s)", state.epochs_done, state.run_id)
     return state
 
