@@ -32,7 +32,8 @@ $(STAMP): pyproject.toml requirements.lock
 
 repro: $(STAMP)
 	$(BIN)/dvc pull data.dvc
-	$(BIN)/dvc repro
+	@# On failure, say whether a killed run left a stale lock and how to recover.
+	$(BIN)/dvc repro || { $(BIN)/imgclf doctor; exit 1; }
 	$(BIN)/dvc metrics show
 
 test: $(STAMP)

@@ -11,7 +11,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,23 @@ from typing import Any
 log = logging.getLogger("imgclf")
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that open MLflow runs unwind and end KILLED.
+
+    Python's default SIGTERM action kills the process without running ``finally`` blocks,
+    which would leave the run RUNNING. It subclasses KeyboardInterrupt so every handler of
+    Ctrl-C treats it alike.
+    """
+
+
+def _raise_terminated(signum: int, _frame: Any) -> None:
+    # Further SIGTERMs while unwinding would interrupt the status update; SIGKILL still works.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated(f"signal {signum}")
 
 
 def _setup(verbose: bool = False) -> None:
@@ -92,6 +111,16 @@ def _ui(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     os.execv(exe, [exe, *cmd[1:]])
     return 0  # not reached
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from imgclf.dvclock import diagnose
+    from imgclf.lineage import project_root
+
+    ok, lines = diagnose(Path(args.root) if args.root else project_root(), fix=args.fix)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -174,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--params", default=None,
                    help="params file for the limits (default: ./params.yaml if present)")
+    p = sub.add_parser("doctor", help="after a killed `dvc repro`: find stale DVC locks and "
+                       "say how to recover (make repro runs it when dvc repro fails)")
+    p.add_argument("--fix", action="store_true",
+                   help="remove a stale .dvc/tmp/rwlock (never one a live DVC process holds)")
+    p.add_argument("--root", default=None, help="project folder (default: this project)")
     p = sub.add_parser("predict", help="classify image files or folders")
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--model", default=None,
@@ -189,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     from imgclf.config import ConfigError
     from imgclf.dataset import DatasetError
     from imgclf.predict import DEFAULT_MODEL_URI, ModelLoadError
+    from imgclf.resume import TrainingBusyError
     from imgclf.stages.ingest import IngestError
 
     expected: tuple[type[BaseException], ...] = (
         ConfigError, DatasetError, IngestError, ModelLoadError, FileNotFoundError,
+        TrainingBusyError,
     )
     handler: Callable[[], Any]
     if args.command == "ui":
@@ -201,19 +237,29 @@ def main(argv: list[str] | None = None) -> int:
         handler = lambda: _params(args)  # noqa: E731
     elif args.command == "validate":
         handler = lambda: _validate(args)  # noqa: E731
+    elif args.command == "doctor":
+        handler = lambda: _doctor(args)  # noqa: E731
     elif args.command == "predict":
         args.model = args.model or DEFAULT_MODEL_URI
         handler = lambda: _predict(args)  # noqa: E731
     else:
         handler = lambda: _stage(args.command, args)  # noqa: E731
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         return int(handler() or 0)
     except expected as exc:
         log.error("%s", exc)
         return EXIT_USER_ERROR
+    except Terminated:
+        log.error("terminated (SIGTERM)")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         log.error("interrupted")
-        return 130
+        return EXIT_INTERRUPTED
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

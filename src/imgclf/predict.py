@@ -15,7 +15,8 @@ from imgclf.images import ImageRejected, load_resized
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_URI = "models:/idcards@champion"
+REGISTRY_SCHEME = "models:/"
+DEFAULT_MODEL_URI = f"{REGISTRY_SCHEME}idcards@champion"
 MODEL_SUFFIXES = (".h5", ".keras")
 
 
@@ -42,9 +43,10 @@ class Prediction:
 
 
 def load_model(spec: str) -> LoadedModel:
-    """Load a model from a file path (``.h5``/``.keras``) or an MLflow model URI.
+    """Load a model from a file path (``.h5``/``.keras``) or a registry URI (``models:/...``).
 
-    A file's class names come from ``classes.json`` beside it (export writes one).
+    A file's class names come from ``classes.json`` beside it (export writes one). Keras loads
+    either in safe mode: a file that would run embedded code (a Lambda layer) is refused.
     """
     path = Path(spec)
     if path.suffix in MODEL_SUFFIXES or path.exists():
@@ -66,6 +68,13 @@ def load_model(spec: str) -> LoadedModel:
         height, width = (int(d) for d in model.input_shape[1:3])
         return LoadedModel(model, list(classes), height, width, str(path))
 
+    if not spec.startswith(REGISTRY_SCHEME):
+        # Only the registry or a file the user names: never a run, bucket or web address that
+        # a config or a typo could point at.
+        raise ModelLoadError(
+            f"{spec}: not a model file and not a registry URI; pass a .h5/.keras file or "
+            f"{REGISTRY_SCHEME}<name>@<alias> (or /<version>)"
+        )
     from imgclf import tracking
 
     tracking.configure()

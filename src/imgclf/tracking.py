@@ -3,27 +3,52 @@
 The store defaults to the project's own ``mlruns/`` (SQLite database + artifact folder),
 resolved to an absolute path so DVC's temporary experiment copies log to the same store;
 ``MLFLOW_TRACKING_URI`` overrides it.
+
+Several processes may write to one SQLite store at once (parallel sweep jobs, a pipeline beside a
+sweep). The store is switched to WAL (readers never block the writer), every connection waits
+for locks instead of failing at once, schema creation is serialised by a file lock, and writes
+that still meet "database is locked" are retried with backoff.
+
+Runs end truthfully: FINISHED, FAILED on an exception, KILLED on Ctrl-C or SIGTERM (the CLI turns
+SIGTERM into an exception). A SIGKILLed process cannot mark its run, so every run carries its
+host and pid, and starting a run marks this host's RUNNING runs whose process is gone KILLED.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
-from collections.abc import Iterator, Mapping
+import random
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
 from imgclf.lineage import project_root
 
 log = logging.getLogger(__name__)
 
 DB_NAME = "mlflow.db"
+SQLITE_BUSY_TIMEOUT_S = 60.0
+LOCK_RETRIES = 8
+PID_TAG = "imgclf.pid"
+HOST_TAG = "imgclf.host"
+ENDED_BY_TAG = "imgclf.ended_by"
+
+_T = TypeVar("_T")
+_prepared_stores: set[str] = set()
 
 
 def store_dir() -> Path:
@@ -44,14 +69,14 @@ def tracking_uri() -> str:
 def configure(experiment_name: str | None = None) -> str | None:
     """Point MLflow at the store and select ``experiment_name``; return its id."""
     uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if uri.startswith("sqlite:///"):
+        _prepare_sqlite(uri)
     if experiment_name is None:
         return None
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment_name)
+    exp = _retrying(client.get_experiment_by_name, experiment_name)
     if exp is None:
         artifact_location = None
         if uri == default_tracking_uri():
@@ -59,13 +84,114 @@ def configure(experiment_name: str | None = None) -> str | None:
         try:
             exp_id = client.create_experiment(experiment_name, artifact_location=artifact_location)
         except MlflowException:  # created concurrently by another process
-            exp = client.get_experiment_by_name(experiment_name)
+            exp = _retrying(client.get_experiment_by_name, experiment_name)
             assert exp is not None
             exp_id = exp.experiment_id
     else:
         exp_id = exp.experiment_id
-    mlflow.set_experiment(experiment_id=exp_id)
+    _retrying(mlflow.set_experiment, experiment_id=exp_id)
     return exp_id
+
+
+def _source_tags() -> dict[str, str]:
+    """Replacements for MLflow's automatic ``mlflow.source.*`` tags.
+
+    MLflow records the script's absolute path (a home folder, a user name) and the git remote
+    URL, which may carry a token (``https://user:token@host/...``) or be a local path. Tags
+    passed to ``start_run`` win over the automatic ones.
+    """
+    tags = {MLFLOW_SOURCE_NAME: Path(sys.argv[0]).name or "python"}
+    remote = _git_remote_url()
+    if remote is not None:
+        tags[MLFLOW_GIT_REPO_URL] = remote
+    return tags
+
+
+def _git_remote_url() -> str | None:
+    """The origin's URL without credentials; "" for a local path (which would leak a folder)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        url = subprocess.run(
+            ["git", "remote", "get-url", "origin"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    parts = urlsplit(url)
+    if parts.scheme in ("http", "https", "ssh", "git") and parts.hostname:
+        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    if "://" not in url and ":" in url and not url.startswith(("/", ".", "~")):
+        return url.split("@")[-1]  # scp-like git@host:org/repo.git: the user is no secret
+    return ""
+
+
+def _prepare_sqlite(uri: str) -> None:
+    """Once per process and store: WAL mode, lock waits, and the schema created by one process.
+
+    WAL is a property of the database file, so setting it once makes every later connection
+    (also MLflow's own, and ``mlflow ui``'s) use it. Without the file lock, processes that open a
+    new store at the same moment all try to create its tables and the losers fail.
+    """
+    if uri in _prepared_stores:
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    _install_busy_timeout()
+    with (db.parent / f".{db.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            con = sqlite3.connect(db, timeout=SQLITE_BUSY_TIMEOUT_S)
+            try:
+                con.execute("PRAGMA journal_mode=WAL")
+            finally:
+                con.close()
+            _retrying(MlflowClient(uri).search_experiments, max_results=1)  # creates the tables
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    _prepared_stores.add(uri)
+
+
+def _install_busy_timeout() -> None:
+    """Make every SQLite connection SQLAlchemy opens wait for a lock instead of failing.
+
+    MLflow sets a busy timeout inside its sessions, but not on the connections it uses for
+    schema checks and migrations; a pool-level listener covers them all.
+    """
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    if not event.contains(Pool, "connect", _sqlite_on_connect):
+        event.listen(Pool, "connect", _sqlite_on_connect)
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    if isinstance(dbapi_conn, sqlite3.Connection):
+        dbapi_conn.execute(f"PRAGMA busy_timeout = {int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _retrying(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
+    """Call ``fn``, retrying with jittered backoff while SQLite reports a lock.
+
+    The busy timeout covers most waits, but SQLite returns "locked" at once, without waiting,
+    when a read transaction cannot be upgraded to a write because another process wrote first.
+    A failed write is rolled back, so trying again is safe.
+    """
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as exc:
+            if attempt == LOCK_RETRIES - 1 or not _is_lock_error(exc):
+                raise
+            delay = min(2.0, 0.05 * 2**attempt) * (1 + random.random())
+            log.info("tracking store busy; retrying in %.2f s", delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
 @contextlib.contextmanager
@@ -74,10 +200,23 @@ def start_run(
     *,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
 ) -> Iterator[str]:
-    """Start a run and yield its id; the run ends FAILED on an exception, KILLED on Ctrl-C."""
-    configure(experiment_name)
-    with _ending_truthfully(mlflow.start_run(run_name=run_name, tags=dict(tags or {}))) as run:
+    """Start a run and yield its id; the run ends FAILED on an exception, KILLED on Ctrl-C.
+
+    With ``run_id`` of a run that still exists (an interrupted training being resumed), that
+    run is reopened instead, so its per-epoch metrics continue without a gap.
+    """
+    exp_id = configure(experiment_name)
+    assert exp_id is not None
+    end_dead_runs(exp_id, keep=run_id)
+    tags = {**_source_tags(), **(tags or {})}
+    if run_id is not None and run_exists(run_id):
+        active = _retrying(mlflow.start_run, run_id=run_id)
+        _retrying(mlflow.set_tags, dict(tags or {}))
+    else:
+        active = _retrying(mlflow.start_run, run_name=run_name, tags=dict(tags or {}))
+    with _ending_truthfully(active) as run:
         yield run.info.run_id
 
 
@@ -85,22 +224,97 @@ def start_run(
 def resume_run(run_id: str, experiment_name: str) -> Iterator[str]:
     """Reopen the run that ``train`` created, so every stage reports to the same run."""
     configure(experiment_name)
-    with _ending_truthfully(mlflow.start_run(run_id=run_id)) as run:
+    with _ending_truthfully(_retrying(mlflow.start_run, run_id=run_id)) as run:
         yield run.info.run_id
 
 
 @contextlib.contextmanager
 def _ending_truthfully(active: Any) -> Iterator[Any]:
+    run = active.__enter__()
     try:
-        yield active.__enter__()
-    except KeyboardInterrupt:
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        # Who holds the run, so a later start can tell a live run from one whose process died.
+        _retrying(mlflow.set_tags, {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
+        yield run
+    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM (see cli)
+        _end_active_run(RunStatus.KILLED)
         raise
     except BaseException:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FAILED))
+        _end_active_run(RunStatus.FAILED)
         raise
     else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+        _end_active_run(RunStatus.FINISHED)
+
+
+def _end_active_run(status: int) -> None:
+    run = mlflow.active_run()
+    try:
+        mlflow.end_run(RunStatus.to_string(status))
+    except MlflowException as exc:
+        # end_run has already popped the run; set its status directly until the store answers.
+        if run is None or not _is_lock_error(exc):
+            raise
+        _retrying(MlflowClient().set_terminated, run.info.run_id, RunStatus.to_string(status))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def end_dead_runs(experiment_id: str, keep: str | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process no longer exists.
+
+    Runs from other hosts (a shared tracking server) are left alone: their pids mean nothing
+    here. ``keep`` is a run about to be resumed.
+
+    Returns:
+        The ids of the runs marked.
+    """
+    client = MlflowClient()
+    host = socket.gethostname()
+    running = _retrying(
+        client.search_runs, [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=1000,
+    )
+    ended = []
+    for r in running:
+        pid = r.data.tags.get(PID_TAG, "")
+        if r.info.run_id == keep or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        mark_killed(r.info.run_id, reason=f"process {pid} on {host} died")
+        ended.append(r.info.run_id)
+    return ended
+
+
+def mark_killed(run_id: str, reason: str) -> None:
+    """End a run that its own process can no longer end (SIGKILL, out-of-memory, power)."""
+    client = MlflowClient()
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        return
+    if run.info.status != "RUNNING":
+        return
+    log.warning("MLflow run %s was left RUNNING (%s); marking it KILLED", run_id, reason)
+    _retrying(client.set_tag, run_id, ENDED_BY_TAG, reason)
+    _retrying(client.set_terminated, run_id, RunStatus.to_string(RunStatus.KILLED))
+
+
+def run_status(run_id: str) -> str:
+    """The status of a run (RUNNING, FINISHED, FAILED, KILLED)."""
+    return str(_retrying(MlflowClient().get_run, run_id).info.status)
+
+
+def logged_steps(run_id: str, key: str) -> set[int]:
+    """The steps at which ``key`` has been logged in ``run_id``."""
+    history = _retrying(MlflowClient().get_metric_history, run_id, key)
+    return {int(m.step) for m in history}
 
 
 @contextlib.contextmanager
@@ -138,12 +352,12 @@ def run_exists(run_id: str) -> bool:
 
 def log_params(params: Mapping[str, Any]) -> None:
     """Log params (values stringified by MLflow)."""
-    mlflow.log_params(dict(params))
+    _retrying(mlflow.log_params, dict(params))
 
 
 def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
     """Log numeric metrics."""
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    _retrying(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
 
 
 def log_artifact(path: Path, artifact_path: str | None = None) -> None:
@@ -156,7 +370,12 @@ def log_artifact(path: Path, artifact_path: str | None = None) -> None:
 
 def set_tags(tags: Mapping[str, str]) -> None:
     """Tag the active run."""
-    mlflow.set_tags(dict(tags))
+    _retrying(mlflow.set_tags, dict(tags))
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Write ``text`` as an artifact file of the active run."""
+    mlflow.log_text(text, artifact_file)
 
 
 def keras_callback() -> Any:
@@ -218,5 +437,7 @@ def load_registered_keras_model(model_uri: str) -> tuple[Any, dict[str, Any]]:
     from mlflow.models import get_model_info
 
     info = get_model_info(model_uri)
-    model = mlflow.tensorflow.load_model(model_uri)
+    model = mlflow.tensorflow.load_model(
+        model_uri, keras_model_kwargs={"safe_mode": True, "compile": False}
+    )
     return model, dict(info.metadata or {})

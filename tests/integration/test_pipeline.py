@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf import cli
 from imgclf.stages import evaluate, export, ingest, preprocess, train
-from tests.conftest import tiny_config
+from tests.conftest import REPO_ROOT, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -189,3 +189,29 @@ def test_stage_cli_rejects_bad_params_naming_the_key(tmp_path, caplog):
     code = cli.main(["train", "--params", str(bad), "--preprocess", "x", "--out", "y"])
     assert code == 2
     assert "train.epochz" in caplog.text
+
+
+def test_no_absolute_paths_in_params_tags_or_artifacts(pipeline, tmp_path):
+    """Runs are shared: what they record must not reveal home folders, local paths or secrets."""
+    client = MlflowClient(pipeline["uri"])
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    forbidden = {str(pipeline["art"].parent), str(pipeline["data"]), str(REPO_ROOT),
+                 str(Path.home()), str(Path.cwd())}
+    runs = client.search_runs(exp_ids)
+    assert len(runs) >= 2  # ingest's run and train's run
+    seen = 0
+    for run in runs:
+        texts = {f"param {k}": v for k, v in run.data.params.items()}
+        texts |= {f"tag {k}": v for k, v in run.data.tags.items()}
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                         dst_path=str(tmp_path / run.info.run_id)))
+        for f in local.rglob("*"):
+            if f.is_file() and f.suffix in (".json", ".yaml", ".txt", ".md", ".csv", "") :
+                texts[f"artifact {f.relative_to(local)}"] = f.read_text(errors="replace")
+                seen += 1
+        for where, text in texts.items():
+            for path in forbidden:
+                assert path not in text, f"{run.info.run_name}: {where} contains {path}"
+    assert seen > 5
+    for path in forbidden:
+        assert path not in (pipeline["art"] / "export" / "registered.json").read_text()
