@@ -149,7 +149,7 @@ def predict_speed(clone: Path, env: dict[str, str]) -> tuple[float, float, float
     from imgclf.stages.preprocess import load_dataset
 
     model = keras.models.load_model(
-        clone / "artifacts" / "export" / "model.h5", compile=False, safe_mode=True
+        clone / "artifacts" / "export" / "formats" / "model.h5", compile=False, safe_mode=True
     )
     x = load_dataset(clone / "artifacts" / "preprocess" / "dataset.npz")["x_test"]
     model.predict(x[:64], batch_size=64, verbose=0)
@@ -161,9 +161,10 @@ def predict_speed(clone: Path, env: dict[str, str]) -> tuple[float, float, float
 
     one = next((clone / "data" / "id-cards" / "Testing_Data" / "others").iterdir())
     imgclf = str(Path(sys.executable).with_name("imgclf"))
-    sh([imgclf, "predict", str(one), "--model", "artifacts/export/model.h5"], clone, env)  # warm
+    h5 = "artifacts/export/formats/model.h5"
+    sh([imgclf, "predict", str(one), "--model", h5], clone, env)  # warm
     file_s = min(
-        sh([imgclf, "predict", str(one), "--model", "artifacts/export/model.h5"], clone, env)[0]
+        sh([imgclf, "predict", str(one), "--model", h5], clone, env)[0]
         for _ in range(3)
     )
     reg_s = min(sh([imgclf, "predict", str(one)], clone, env)[0] for _ in range(2))

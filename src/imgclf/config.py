@@ -93,10 +93,27 @@ class EvaluateConfig:
     normalize_confusion: bool = False
 
 
+FORMAT_NAMES = ("h5", "keras", "saved_model", "tflite", "onnx")
+PROMOTE_METRICS = ("accuracy", "leakfree_accuracy", "macro_f1", "leakfree_macro_f1")
+
+
 @dataclass
 class ExportConfig:
     challenger_alias: str = "challenger"
     champion_alias: str = "champion"
+    formats: list[str] = field(default_factory=lambda: list(FORMAT_NAMES))
+    parity_samples: int = 32
+    parity_max_abs_diff: float = 1e-4
+
+
+@dataclass
+class PromoteConfig:
+    min_accuracy: float = 0.8
+    min_leakfree_accuracy: float = 0.7
+    metric: str = "leakfree_accuracy"
+    min_margin: float = 0.0
+    format: str = "h5"
+    batch_size: int = 64
 
 
 @dataclass
@@ -109,6 +126,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -133,6 +151,18 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.train.monitor in ("val_loss", "val_accuracy"), "train.monitor",
          "must be val_loss or val_accuracy"),
         (0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)"),
+        (set(cfg.export.formats) <= set(FORMAT_NAMES) and {"h5", "keras"} <= set(
+            cfg.export.formats), "export.formats",
+         f"must be a subset of {FORMAT_NAMES} that includes h5 and keras"),
+        (cfg.export.parity_samples >= 1, "export.parity_samples", "must be >= 1"),
+        (cfg.export.parity_max_abs_diff > 0, "export.parity_max_abs_diff", "must be > 0"),
+        (0.0 <= cfg.promote.min_accuracy <= 1.0, "promote.min_accuracy", "must be in [0, 1]"),
+        (0.0 <= cfg.promote.min_leakfree_accuracy <= 1.0, "promote.min_leakfree_accuracy",
+         "must be in [0, 1]"),
+        (cfg.promote.metric in PROMOTE_METRICS, "promote.metric",
+         f"must be one of {PROMOTE_METRICS}"),
+        (-1.0 <= cfg.promote.min_margin <= 1.0, "promote.min_margin", "must be in [-1, 1]"),
+        (cfg.promote.format in FORMAT_NAMES, "promote.format", f"must be one of {FORMAT_NAMES}"),
     ]
     for ok, key, why in checks:
         if not ok:
