@@ -37,9 +37,17 @@ class Terminated(KeyboardInterrupt):
 
 
 def _raise_terminated(signum: int, _frame: Any) -> None:
+    from imgclf import interrupts
+
     # Further SIGTERMs while unwinding would interrupt the status update; SIGKILL still works.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated(f"signal {signum}")
+    interrupts.request(Terminated(f"signal {signum}"))
+
+
+def _raise_interrupted(_signum: int, _frame: Any) -> None:
+    from imgclf import interrupts
+
+    interrupts.request(KeyboardInterrupt())
 
 
 def _setup(verbose: bool = False) -> None:
@@ -388,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = lambda: _stage(args.command, args)  # noqa: E731
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    previous_int = signal.signal(signal.SIGINT, _raise_interrupted) if in_main_thread else None
     try:
         return int(handler() or 0)
     except expected as exc:
@@ -402,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
+from imgclf import interrupts
 from imgclf.lineage import project_root
 
 log = logging.getLogger(__name__)
@@ -185,7 +186,8 @@ def _retrying(fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     """
     for attempt in range(LOCK_RETRIES):
         try:
-            return fn(*args, **kwargs)
+            with interrupts.shielded():  # Ctrl-C/SIGTERM wait until the store call is done
+                return fn(*args, **kwargs)
         except MlflowException as exc:
             if attempt == LOCK_RETRIES - 1 or not _is_lock_error(exc):
                 raise
