@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,31 +94,62 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in keys}
 
 
-def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
-    """Train on ``in_dir``'s cached tensors and write the best model into ``out_dir``."""
+def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
+    """Index of the best epoch by ``monitor`` (lowest val_loss or highest val_accuracy)."""
+    scores = np.array(history[monitor])
+    return int(np.argmin(scores) if monitor == "val_loss" else np.argmax(scores))
+
+
+def fit(
+    cfg: Config, arrays: dict[str, np.ndarray], n_classes: int, *, callbacks: Sequence[Any] = ()
+) -> tuple[Any, dict[str, list[float]]]:
+    """Build, compile and fit the model on the train split, validating every epoch on val.
+
+    Shared by :func:`run` and the sweeps (:mod:`imgclf.sweep`), which inject their own
+    ``callbacks`` (checkpoint and MLflow here; Optuna pruning there). Early stopping on
+    ``train.monitor`` and NaN termination always apply. Seeds Keras first, so every call
+    (every sweep trial) starts from the same random state.
+
+    Returns:
+        The fitted model (weights of the last epoch) and the per-epoch history.
+    """
     import keras
 
     from imgclf.model import build_model, compile_model
 
-    configure_tensorflow(cfg.train.threads)
     keras.utils.set_random_seed(cfg.train.seed)
+    train_ds, val_ds = make_datasets(arrays, n_classes, cfg.train.batch_size, cfg.train.seed)
+    input_shape = tuple(arrays["x_train"].shape[1:])
+    model = build_model(cfg.model, input_shape, n_classes, augment=cfg.augment, seed=cfg.train.seed)
+    compile_model(model, cfg.optimizer, cfg.train)
+    stopping = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience),
+    ]
+    hist = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=cfg.train.epochs,
+        callbacks=[*stopping, *callbacks],
+        verbose=2,
+    )
+    return model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+
+
+def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
+    """Train on ``in_dir``'s cached tensors and write the best model into ``out_dir``."""
+    import keras
+
+    configure_tensorflow(cfg.train.threads)
     arrays = load_dataset(in_dir / "dataset.npz")
     classes: list[str] = read_json(in_dir / "classes.json")
     if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
         raise ValueError(f"{in_dir}: the train or validation split is empty")
-    train_ds, val_ds = make_datasets(arrays, len(classes), cfg.train.batch_size, cfg.train.seed)
-    input_shape = tuple(arrays["x_train"].shape[1:])
-    model = build_model(
-        cfg.model, input_shape, len(classes), augment=cfg.augment, seed=cfg.train.seed
-    )
-    compile_model(model, cfg.optimizer, cfg.train)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ckpt-") as ckpt_dir:
         best_path = Path(ckpt_dir) / "best.weights.h5"
         callbacks = [
-            keras.callbacks.TerminateOnNaN(),
-            keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience),
             keras.callbacks.ModelCheckpoint(
                 best_path, monitor=cfg.train.monitor, save_best_only=True, save_weights_only=True
             ),
@@ -126,17 +158,12 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
         with tracking.start_run(cfg.mlflow.experiment_name, tags=lineage_tags()) as run_id:
             tracking.log_params(flatten(cfg, TRAIN_SECTIONS))
             tracking.set_tags({"classes": ",".join(classes), "stage": "train"})
-            hist = model.fit(
-                train_ds, validation_data=val_ds, epochs=cfg.train.epochs, callbacks=callbacks,
-                verbose=2,
-            )
-            history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+            model, history = fit(cfg, arrays, len(classes), callbacks=callbacks)
             if any(math.isnan(v) for v in history.get("loss", [])) or not best_path.exists():
                 raise FloatingPointError("training diverged (NaN loss); nothing was saved")
             model.load_weights(best_path)
 
-            scores = np.array(history[cfg.train.monitor])
-            best = int(np.argmin(scores) if cfg.train.monitor == "val_loss" else np.argmax(scores))
+            best = best_epoch_index(history, cfg.train.monitor)
             summary = {
                 "best_epoch": best + 1,
                 "epochs_run": len(history["loss"]),
