@@ -316,9 +316,20 @@ class MlflowSweepCallback(Callback):
         if STATE.parent_owned and STATE.parent_run_id:
             tracking.end_run_by_id(STATE.parent_run_id)
         if not STATE.summary_printed and STATE.rows:
-            print(format_table(STATE.rows))
+            print(format_table(_varying_overrides(STATE.rows)))
             print(f"{len(STATE.rows)} jobs; MLflow parent run {STATE.parent_run_id}")
             sys.stdout.flush()
+
+
+def _varying_overrides(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs' rows with only the overrides that differ between jobs (what the grid swept)."""
+    split = [dict(o.split("=", 1) for o in r["overrides"].split() if "=" in o) for r in rows]
+    keys = {k for d in split for k in d}
+    varying = [k for k in sorted(keys) if len({d.get(k) for d in split}) > 1]
+    return [
+        {**r, "overrides": " ".join(f"{k}={d.get(k)}" for k in varying)}
+        for r, d in zip(rows, split, strict=True)
+    ]
 
 
 def main() -> None:
@@ -458,7 +469,10 @@ def _study_parent_run(study: Any, created: bool, experiment_name: str, url: str)
         "optuna.storage": st.redact(url),
     }
     run_id = study.user_attrs.get(st.PARENT_ATTR)
-    deadline = time.monotonic() + (0 if created else PARENT_WAIT_S)
+    # A study created a moment ago by another process gets its parent run id right away; one
+    # with trials but no id was made outside a sweep (or its creator died): do not wait then.
+    fresh = not created and not study.get_trials(deepcopy=False)
+    deadline = time.monotonic() + (PARENT_WAIT_S if fresh else 0)
     while run_id is None and time.monotonic() < deadline:  # the creator is about to set it
         time.sleep(1.0)
         run_id = study.user_attrs.get(st.PARENT_ATTR)

@@ -123,7 +123,7 @@ class ImgclfOptunaSweeper(Sweeper):
 def _default_best_config(config: DictConfig) -> Path | None:
     """``experiment/best.yaml`` in the primary config folder (conf/), if it is a folder."""
     for source in config.hydra.runtime.config_sources:
-        if source.provider == "main" and str(source.path).startswith("file://"):
-            return Path(str(source.path).removeprefix("file://")) / "experiment" / "best.yaml"
+        if source.provider == "main" and source.schema == "file":
+            return Path(str(source.path)) / "experiment" / "best.yaml"
     log.warning("primary config is not a folder: set hydra.sweeper.best_config")
     return None

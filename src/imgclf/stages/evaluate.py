@@ -179,8 +179,8 @@ def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) ->
     with tracking.reopen_run(run_info["run_id"], cfg.mlflow.experiment_name, lineage_tags()):
         tracking.log_metrics(flat)
         for name in ("metrics.json", "confusion.json", "predictions.csv",
-                     "predictions_leakfree.csv", "confusion_matrix.png", "confusion_matrix_leakfree.png",
-                     "learning_curves.png"):
+                     "predictions_leakfree.csv", "confusion_matrix.png",
+                     "confusion_matrix_leakfree.png", "learning_curves.png"):
             tracking.log_artifact(out_dir / name, "evaluate")
     log.info("evaluate: accuracy %.4f, macro F1 %.4f on %d test images; leak-free accuracy %s "
              "on %d", metrics["accuracy"], metrics["macro_f1"], len(y_test),
