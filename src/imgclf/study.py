@@ -86,6 +86,7 @@ class StudySettings:
     heartbeat_interval: int = 30
     grace_period: int = 120
     max_retry: int = 1
+    max_trials_per_process: int = 0  # 0: no limit; else the sweeper restarts itself after that
 
     def check(self) -> None:
         """Fail before any work on a setting that cannot work, naming it."""

@@ -359,6 +359,7 @@ class SweepOutcome:
     best_value: float | None
     best_config: Path | None
     parent_run_id: str
+    restart: bool = False  # max_trials_per_process reached with trials still to run
 
 
 def optimize(
@@ -438,6 +439,13 @@ def optimize(
         done, running = st.count_trials(study)
         if done + running >= settings.n_trials:
             break
+        if settings.max_trials_per_process and ran >= settings.max_trials_per_process:
+            # TensorFlow keeps ~20 MiB per trained model even after clear_session(); a fresh
+            # process resumes the study with all of it given back.
+            log.info("%d trials in this process: restarting it to free memory", ran)
+            best = st.best_trial(study)
+            value = best.value if best else None
+            return SweepOutcome(settings.study_name, done, ran, value, None, parent, restart=True)
         study.optimize(objective, n_trials=1, catch=(FloatingPointError, _Surplus))
         ran += 1
         gc.collect()

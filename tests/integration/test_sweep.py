@@ -133,7 +133,9 @@ def test_killed_sweep_resumes_retries_and_tops_up(env):
     proc.communicate()
     assert killed.number == 1
 
-    out = finish(launch(env, optuna_args(env, "resume", 3)))
+    # One trial per process: the relaunch restarts itself once (flat memory) and still tops up.
+    args = optuna_args(env, "resume", 3, "hydra.sweeper.max_trials_per_process=1")
+    out = finish(launch(env, args))
     study = load(env, "resume")
     states = [t.state for t in study.get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE,
@@ -142,6 +144,8 @@ def test_killed_sweep_resumes_retries_and_tops_up(env):
     assert retried.system_attrs["failed_trial"] == 1  # the killed trial's parameters again
     assert retried.params == killed.params
     assert "3 done" in out
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert all(t.user_attrs["rss_mb"] > 0 and t.user_attrs["epochs_run"] == 3 for t in done)
 
     # One parent run for the study across both launches; the dead trial's run is FAILED.
     parent_id = study.user_attrs["mlflow_parent_run_id"]

@@ -3,6 +3,8 @@
 # No `from __future__ import annotations` here: Hydra's plugin scan executes this module
 # without registering it in sys.modules, and dataclasses then cannot resolve string annotations.
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,9 @@ class ImgclfOptunaSweeperConf:
     heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
     grace_period: int = 120  # a RUNNING trial silent this long is failed and retried
     max_retry: int = 1
+    # 0: no limit; else restart this process (same command) after that many trials: TensorFlow
+    # keeps ~20 MiB per trained model, and the new process resumes the study
+    max_trials_per_process: int = 0
     # Where the best overrides go; null: <primary conf dir>/experiment/best.yaml
     best_config: str | None = None
     # The search space: key -> Hydra override grammar (choice, range, interval, tag(log, ...))
@@ -108,7 +113,7 @@ class ImgclfOptunaSweeper(Sweeper):
             # sweep dir never write into each other's job folders.
             return self.launcher.launch([tuple(overrides)], initial_job_idx=job_idx)[0]
 
-        return optimize(
+        outcome = optimize(
             settings,
             params,
             arguments,
@@ -118,6 +123,11 @@ class ImgclfOptunaSweeper(Sweeper):
             best_config=Path(best) if best else _default_best_config(self.config),
             is_group=is_group,
         )
+        if outcome.restart:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, *sys.argv])
+        return outcome
 
 
 def _default_best_config(config: DictConfig) -> Path | None:
