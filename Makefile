@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup repro test test-fast ui params lint sweep clean help
+.PHONY: setup repro test test-fast ui params lint sweep bench clean help
 
 help:
 	@echo "make repro   set up .venv, dvc pull the data, dvc repro the pipeline, show metrics"
@@ -20,6 +20,7 @@ help:
 	@echo "make params  recompose params.yaml from conf/ (Hydra)"
 	@echo "make sweep   Optuna sweep (conf/sweep/\$$(SWEEP).yaml), SWEEP_ARGS for overrides"
 	@echo "make lint    ruff + mypy on src/"
+	@echo "make bench   measure accuracy (3 seeds), repro time, throughput; write BENCHMARKS.md"
 
 setup: $(STAMP)
 
@@ -34,7 +35,8 @@ $(STAMP): pyproject.toml requirements.lock
 
 repro: $(STAMP)
 	$(BIN)/dvc pull data.dvc
-	$(BIN)/dvc repro
+	@# On failure, say whether a killed run left a stale lock and how to recover.
+	$(BIN)/dvc repro || { $(BIN)/imgclf doctor; exit 1; }
 	$(BIN)/dvc metrics show
 
 test: $(STAMP)
@@ -57,9 +59,13 @@ sweep: $(STAMP)
 	$(BIN)/imgclf-train -m hydra/sweeper=imgclf_optuna sweep=$(SWEEP) $(SWEEP_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests scripts
+	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy src
+
+bench: $(STAMP)
+	$(BIN)/dvc pull --quiet data.dvc
+	$(BIN)/python scripts/bench.py
 
 clean:
 	rm -rf artifacts .pytest_cache

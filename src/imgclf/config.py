@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
-MODEL_NAMES = ("cnn",)
+MODEL_NAMES = ("cnn", "seed_cnn")
+SCHEDULES = ("constant", "cosine")
 
 
 class ConfigError(ValueError):
@@ -27,8 +28,8 @@ class ConfigError(ValueError):
 class DataConfig:
     train_dir: str = "Training_data"
     test_dir: str = "Testing_Data"
-    image_height: int = 96
-    image_width: int = 144
+    image_height: int = 64
+    image_width: int = 96
     val_fraction: float = 0.2
     split_seed: int = 42
     min_side: int = 16
@@ -41,21 +42,22 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     name: str = "cnn"
-    blocks: int = 3
+    blocks: int = 4
     filters: int = 32
     kernel_size: int = 3
     dense_units: int = 128
     dropout: float = 0.3
-    batch_norm: bool = False
-    global_pool: bool = False
+    batch_norm: bool = True
+    global_pool: bool = True
 
 
 @dataclass
 class OptimizerConfig:
     name: str = "adam"
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     momentum: float = 0.0
     weight_decay: float = 0.0
+    schedule: str = "cosine"
 
 
 @dataclass
@@ -70,12 +72,12 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 32
     patience: int = 10
     monitor: str = "val_loss"
     seed: int = 42
-    label_smoothing: float = 0.0
+    label_smoothing: float = 0.1
     threads: int = 0
 
 
@@ -91,10 +93,27 @@ class EvaluateConfig:
     normalize_confusion: bool = False
 
 
+FORMAT_NAMES = ("h5", "keras", "saved_model", "tflite", "onnx")
+PROMOTE_METRICS = ("accuracy", "leakfree_accuracy", "macro_f1", "leakfree_macro_f1")
+
+
 @dataclass
 class ExportConfig:
     challenger_alias: str = "challenger"
     champion_alias: str = "champion"
+    formats: list[str] = field(default_factory=lambda: list(FORMAT_NAMES))
+    parity_samples: int = 32
+    parity_max_abs_diff: float = 1e-4
+
+
+@dataclass
+class PromoteConfig:
+    min_accuracy: float = 0.8
+    min_leakfree_accuracy: float = 0.7
+    metric: str = "leakfree_accuracy"
+    min_margin: float = 0.0
+    format: str = "h5"
+    batch_size: int = 64
 
 
 @dataclass
@@ -107,6 +126,7 @@ class Config:
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    promote: PromoteConfig = field(default_factory=PromoteConfig)
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -125,11 +145,24 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.optimizer.name in OPTIMIZER_NAMES, "optimizer.name",
          f"must be one of {OPTIMIZER_NAMES}"),
         (cfg.optimizer.learning_rate > 0, "optimizer.learning_rate", "must be > 0"),
+        (cfg.optimizer.schedule in SCHEDULES, "optimizer.schedule", f"must be one of {SCHEDULES}"),
         (cfg.train.epochs >= 1, "train.epochs", "must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size", "must be >= 1"),
         (cfg.train.monitor in ("val_loss", "val_accuracy"), "train.monitor",
          "must be val_loss or val_accuracy"),
         (0.0 <= cfg.train.label_smoothing < 1.0, "train.label_smoothing", "must be in [0, 1)"),
+        (set(cfg.export.formats) <= set(FORMAT_NAMES) and {"h5", "keras"} <= set(
+            cfg.export.formats), "export.formats",
+         f"must be a subset of {FORMAT_NAMES} that includes h5 and keras"),
+        (cfg.export.parity_samples >= 1, "export.parity_samples", "must be >= 1"),
+        (cfg.export.parity_max_abs_diff > 0, "export.parity_max_abs_diff", "must be > 0"),
+        (0.0 <= cfg.promote.min_accuracy <= 1.0, "promote.min_accuracy", "must be in [0, 1]"),
+        (0.0 <= cfg.promote.min_leakfree_accuracy <= 1.0, "promote.min_leakfree_accuracy",
+         "must be in [0, 1]"),
+        (cfg.promote.metric in PROMOTE_METRICS, "promote.metric",
+         f"must be one of {PROMOTE_METRICS}"),
+        (-1.0 <= cfg.promote.min_margin <= 1.0, "promote.min_margin", "must be in [-1, 1]"),
+        (cfg.promote.format in FORMAT_NAMES, "promote.format", f"must be one of {FORMAT_NAMES}"),
     ]
     for ok, key, why in checks:
         if not ok:

@@ -31,10 +31,19 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         yield tmp
         if tmp.is_dir():
             raise IsADirectoryError(tmp)
+        _fsync(tmp)  # the bytes reach the disk before the name does (power loss, not just kill)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

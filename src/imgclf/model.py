@@ -97,30 +97,51 @@ def inference_model(model: keras.Model) -> keras.Model:
     """
     kept = [layer for layer in model.layers if not isinstance(layer, AUGMENTATION_LAYERS)]
     return keras.Sequential(
-        [keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="image"),
-         *kept],
+        [
+            keras.Input(shape=model.input_shape[1:], dtype=model.inputs[0].dtype, name="image"),
+            *kept,
+        ],
         name=model.name,
     )
 
 
 OPTIMIZERS: dict[str, Any] = {
-    "sgd": lambda c: keras.optimizers.SGD(learning_rate=c.learning_rate, momentum=c.momentum),
-    "adam": lambda c: keras.optimizers.Adam(learning_rate=c.learning_rate),
-    "adamw": lambda c: keras.optimizers.AdamW(
-        learning_rate=c.learning_rate, weight_decay=c.weight_decay or 0.004
+    "sgd": lambda c, lr: keras.optimizers.SGD(learning_rate=lr, momentum=c.momentum),
+    "adam": lambda c, lr: keras.optimizers.Adam(learning_rate=lr),
+    "adamw": lambda c, lr: keras.optimizers.AdamW(
+        learning_rate=lr, weight_decay=c.weight_decay or 0.004
     ),
 }
 
 
-def build_optimizer(cfg: OptimizerConfig) -> keras.optimizers.Optimizer:
-    """Look up the optimizer by name (sgd | adam | adamw)."""
-    return OPTIMIZERS[cfg.name](cfg)
+def learning_rate(cfg: OptimizerConfig, total_steps: int | None) -> Any:
+    """The configured rate, or a cosine decay to zero over ``total_steps`` (``schedule: cosine``).
+
+    The schedule is a function of the optimizer's step counter, which is saved with the
+    optimizer state, so a resumed run continues the same curve.
+    """
+    if cfg.schedule == "constant":
+        return cfg.learning_rate
+    if not total_steps:
+        raise ValueError("schedule 'cosine' needs the number of training steps")
+    return keras.optimizers.schedules.CosineDecay(cfg.learning_rate, decay_steps=total_steps)
 
 
-def compile_model(model: keras.Model, opt: OptimizerConfig, train: TrainConfig) -> keras.Model:
+def build_optimizer(cfg: OptimizerConfig, total_steps: int | None = None) -> Any:
+    """Look up the optimizer by name (sgd | adam | adamw) with its learning-rate schedule."""
+    return OPTIMIZERS[cfg.name](cfg, learning_rate(cfg, total_steps))
+
+
+def compile_model(
+    model: keras.Model,
+    opt: OptimizerConfig,
+    train: TrainConfig,
+    steps_per_epoch: int | None = None,
+) -> keras.Model:
     """Compile with keyword arguments (positional metrics are loss_weights in Keras 3)."""
+    total = steps_per_epoch * train.epochs if steps_per_epoch else None
     model.compile(
-        optimizer=build_optimizer(opt),
+        optimizer=build_optimizer(opt, total),
         loss=keras.losses.CategoricalCrossentropy(
             from_logits=False, label_smoothing=train.label_smoothing
         ),

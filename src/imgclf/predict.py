@@ -1,35 +1,35 @@
-"""predict: classify new image files with a registered model or a saved ``.h5``/``.keras`` file."""
+"""predict: classify image files with a registered version or an exported file, any format."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from imgclf.dataset import is_hidden
 from imgclf.fileio import read_json
+from imgclf.formats import FORMAT_FILES, SUFFIX_FORMATS, Predictor
 from imgclf.images import ImageRejected, load_resized
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_URI = "models:/idcards@champion"
-MODEL_SUFFIXES = (".h5", ".keras")
 
 
 class ModelLoadError(RuntimeError):
-    """The model cannot be found or loaded; the message says which and what to do."""
+    """The model cannot be found, verified or loaded; the message says which and what to do."""
 
 
 @dataclass
 class LoadedModel:
-    model: Any
+    predictor: Predictor
     classes: list[str]
     height: int
     width: int
     source: str
+    format: str
 
 
 @dataclass
@@ -41,43 +41,108 @@ class Prediction:
     error: str | None = None
 
 
-def load_model(spec: str) -> LoadedModel:
-    """Load a model from a file path (``.h5``/``.keras``) or an MLflow model URI.
+def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
+    """Load a model, verifying its files' sha256 before any byte is deserialised.
 
-    A file's class names come from ``classes.json`` beside it (export writes one).
+    Args:
+        spec: an MLflow URI (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), an export
+            folder (``artifacts/export``), or one exported file / SavedModel folder.
+        fmt: ``h5`` | ``keras`` | ``saved_model`` | ``tflite`` | ``onnx``; default ``h5`` for a
+            URI or folder, the file's own format for a file.
+
+    A folder or file is checked against the ``manifest.json`` export wrote beside it; class
+    names come from ``classes.json`` there. A file with no manifest loads with a warning.
     """
+    from imgclf.formats import MANIFEST, IntegrityError, format_of, load_predictor
+
+    if spec.startswith("models:/"):
+        return _load_registered(spec, fmt or "h5")
     path = Path(spec)
-    if path.suffix in MODEL_SUFFIXES or path.exists():
-        if not path.is_file():
-            raise ModelLoadError(f"{path}: model file not found")
-        if path.suffix not in MODEL_SUFFIXES:
-            raise ModelLoadError(f"{path}: expected a .h5 or .keras file")
-        import keras
+    if not path.exists():
+        # Only the registry or a file the user names: never a run, bucket or web address that
+        # a config or a typo could point at.
+        raise ModelLoadError(
+            f"{spec}: no such model file or folder, and not a registry URI "
+            "(models:/NAME@ALIAS or models:/NAME/VERSION)"
+        )
+    if path.is_dir() and (path / MANIFEST).is_file():
+        root, fmt = path, fmt or "h5"
+        rel = FORMAT_FILES[fmt]
+    else:
+        own = format_of(path)
+        if own is None:
+            raise ModelLoadError(
+                f"{path}: expected an export folder, a SavedModel folder or a "
+                f"{', '.join(sorted(SUFFIX_FORMATS))} file"
+            )
+        if fmt is not None and fmt != own:
+            raise ModelLoadError(f"{path}: is a {own} model, not {fmt}")
+        root, fmt, rel = path.parent, own, path.name
+    manifest = root / MANIFEST
+    expected: dict[str, str] | None = read_json(manifest) if manifest.is_file() else None
+    if expected is not None and not any(k == rel or k.startswith(f"{rel}/") for k in expected):
+        expected = None  # a file export did not write under this name (renamed, or foreign)
+    if expected is None:
+        log.warning("%s: not listed in a %s beside it, loading UNVERIFIED", root / rel, MANIFEST)
+    try:
+        predictor = load_predictor(fmt, root, expected, rel=rel)
+    except IntegrityError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - every runtime raises its own types for bad files
+        raise ModelLoadError(f"{root / rel}: cannot load {fmt} model: {exc}") from exc
+    sidecar = root / "classes.json"
+    if sidecar.is_file():
+        classes = [str(c) for c in read_json(sidecar)]
+    else:
+        log.warning("%s not found: printing class indices instead of names", sidecar)
+        classes = [str(i) for i in range(predictor.n_classes)]
+    height, width = predictor.input_shape[:2]
+    return LoadedModel(predictor, classes, height, width, str(root / rel), fmt)
 
-        try:
-            model = keras.models.load_model(path, safe_mode=True, compile=False)
-        except Exception as exc:  # noqa: BLE001 - Keras raises many types for bad files
-            raise ModelLoadError(f"{path}: cannot load model: {exc}") from exc
-        sidecar = path.parent / "classes.json"
-        n_out = int(model.output_shape[-1])
-        classes = read_json(sidecar) if sidecar.is_file() else [str(i) for i in range(n_out)]
-        if not sidecar.is_file():
-            log.warning("%s not found: printing class indices instead of names", sidecar)
-        height, width = (int(d) for d in model.input_shape[1:3])
-        return LoadedModel(model, list(classes), height, width, str(path))
 
-    from imgclf import tracking
+def _load_registered(uri: str, fmt: str) -> LoadedModel:
+    from imgclf import registry, tracking
+    from imgclf.formats import IntegrityError
 
     tracking.configure()
     try:
-        model, metadata = tracking.load_registered_keras_model(spec)
-    except Exception as exc:  # noqa: BLE001 - MLflow raises many types for missing models
+        info = registry.resolve(uri)
+    except (LookupError, ValueError) as exc:
         raise ModelLoadError(
-            f"{spec}: cannot load from the MLflow store {tracking.tracking_uri()} ({exc}). "
-            "Run `make repro` to train and register a model, or pass --model FILE.h5"
+            f"{uri}: {exc}. Run `make repro` to train and register a model, or pass --model FILE"
         ) from exc
-    height, width = (int(d) for d in model.input_shape[1:3])
-    return LoadedModel(model, list(metadata["classes"]), height, width, spec)
+    try:
+        predictor = registry.load_version(info, fmt)
+    except IntegrityError as exc:
+        raise ModelLoadError(f"{uri} (version {info.version}): {exc}") from exc
+    except LookupError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    height, width = predictor.input_shape[:2]
+    return LoadedModel(
+        predictor,
+        registry.version_classes(info),
+        height,
+        width,
+        f"models:/{info.name}/{info.version}",
+        fmt,
+    )
+
+
+def predict_arrays(loaded: LoadedModel, images: np.ndarray) -> list[Prediction]:
+    """Predict a batch of decoded, resized uint8 images (no paths: the HTTP server's case)."""
+    probs = loaded.predictor.predict(images)
+    out = []
+    for p in probs:
+        k = int(np.argmax(p))
+        out.append(
+            Prediction(
+                "",
+                loaded.classes[k],
+                float(p[k]),
+                {c: float(v) for c, v in zip(loaded.classes, p, strict=True)},
+            )
+        )
+    return out
 
 
 def collect_images(paths: list[str]) -> list[Path]:
@@ -86,7 +151,8 @@ def collect_images(paths: list[str]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(
-                f for f in p.rglob("*")
+                f
+                for f in p.rglob("*")
                 if f.is_file() and not any(is_hidden(part) for part in f.relative_to(p).parts)
             )
         elif p.is_file():
@@ -106,12 +172,11 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 32) 
             positions.append(i)
         except ImageRejected as exc:
             results[i] = Prediction(str(f), None, None, error=f"{exc.reason}: {exc.detail}")
-    if images:
-        probs = loaded.model.predict(np.stack(images), batch_size=batch_size, verbose=0)
-        for i, p in zip(positions, probs, strict=True):
-            k = int(np.argmax(p))
-            results[i] = Prediction(
-                str(files[i]), loaded.classes[k], float(p[k]),
-                {c: float(v) for c, v in zip(loaded.classes, p, strict=True)},
-            )
+    for start in range(0, len(images), batch_size):
+        chunk = np.stack(images[start : start + batch_size])
+        for i, pred in zip(
+            positions[start : start + batch_size], predict_arrays(loaded, chunk), strict=True
+        ):
+            pred.path = str(files[i])
+            results[i] = pred
     return [r for r in results if r is not None]

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf import cli
 from imgclf.stages import evaluate, export, ingest, preprocess, train
-from tests.conftest import tiny_config
+from tests.conftest import REPO_ROOT, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -140,9 +140,12 @@ def test_registered_version_holds_an_h5_that_predicts(pipeline, tmp_path):
     assert mv.tags["git_commit"] and mv.tags["data_md5"]
     local = Path(mlflow.artifacts.download_artifacts(f"models:/tiny-model/{mv.version}",
                                                      dst_path=str(tmp_path)))
-    h5_files = list(local.rglob("*.h5"))
-    assert len(h5_files) == 1
-    model = keras.models.load_model(h5_files[0], compile=False)
+    # The MLflow model's own .h5, plus formats/ with every exported format (issue 6).
+    h5_files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*.h5"))
+    assert h5_files == ["data/model.h5", "formats/model.h5"]
+    assert (local / "formats" / "model.onnx").is_file()
+    assert (local / "formats" / "saved_model" / "saved_model.pb").is_file()
+    model = keras.models.load_model(local / "formats" / "model.h5", compile=False)
     x = preprocess.load_dataset(pipeline["art"] / "preprocess" / "dataset.npz")["x_test"]
     probs = model.predict(x, verbose=0)
     assert probs.shape == (18, 3)
@@ -168,7 +171,7 @@ def test_predict_cli_with_registry_uri_and_file(pipeline, capsys):
     assert sum(r["label"] == "beta" for r in out) >= 5
     assert all(0.0 <= r["probability"] <= 1.0 for r in out)
 
-    h5 = pipeline["art"] / "export" / "model.h5"
+    h5 = pipeline["art"] / "export" / "formats" / "model.h5"
     one = folder / "beta_00.png"
     assert cli.main(["predict", str(one), "--model", str(h5)]) == 0
     line = capsys.readouterr().out.strip()
@@ -178,7 +181,7 @@ def test_predict_cli_with_registry_uri_and_file(pipeline, capsys):
 def test_predict_lists_unreadable_files(pipeline, tmp_path, capsys):
     (tmp_path / "note.jpg").write_text("not an image")
     code = cli.main(["predict", str(tmp_path), "--model",
-                     str(pipeline["art"] / "export" / "model.keras")])
+                     str(pipeline["art"] / "export" / "formats" / "model.keras")])
     assert code == 1
     assert "note.jpg\tERROR\tnot_an_image" in capsys.readouterr().out
 
@@ -189,3 +192,29 @@ def test_stage_cli_rejects_bad_params_naming_the_key(tmp_path, caplog):
     code = cli.main(["train", "--params", str(bad), "--preprocess", "x", "--out", "y"])
     assert code == 2
     assert "train.epochz" in caplog.text
+
+
+def test_no_absolute_paths_in_params_tags_or_artifacts(pipeline, tmp_path):
+    """Runs are shared: what they record must not reveal home folders, local paths or secrets."""
+    client = MlflowClient(pipeline["uri"])
+    exp_ids = [e.experiment_id for e in client.search_experiments()]
+    forbidden = {str(pipeline["art"].parent), str(pipeline["data"]), str(REPO_ROOT),
+                 str(Path.home()), str(Path.cwd())}
+    runs = client.search_runs(exp_ids)
+    assert len(runs) >= 2  # ingest's run and train's run
+    seen = 0
+    for run in runs:
+        texts = {f"param {k}": v for k, v in run.data.params.items()}
+        texts |= {f"tag {k}": v for k, v in run.data.tags.items()}
+        local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
+                                                         dst_path=str(tmp_path / run.info.run_id)))
+        for f in local.rglob("*"):
+            if f.is_file() and f.suffix in (".json", ".yaml", ".txt", ".md", ".csv", "") :
+                texts[f"artifact {f.relative_to(local)}"] = f.read_text(errors="replace")
+                seen += 1
+        for where, text in texts.items():
+            for path in forbidden:
+                assert path not in text, f"{run.info.run_name}: {where} contains {path}"
+    assert seen > 5
+    for path in forbidden:
+        assert path not in (pipeline["art"] / "export" / "registered.json").read_text()

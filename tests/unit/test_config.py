@@ -37,6 +37,7 @@ def test_wrong_type_fails_naming_key():
         ({"data": {"val_fraction": 1.5}}, "data.val_fraction"),
         ({"model": {"dropout": 1.0}}, "model.dropout"),
         ({"train": {"monitor": "loss"}}, "train.monitor"),
+        ({"optimizer": {"schedule": "linear"}}, "optimizer.schedule"),
     ],
 )
 def test_out_of_range_values_fail(raw, key):

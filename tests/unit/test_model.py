@@ -7,6 +7,7 @@ from imgclf.model import (
     AUGMENTATION_LAYERS,
     OPTIMIZERS,
     build_model,
+    build_optimizer,
     compile_model,
     inference_model,
 )
@@ -16,8 +17,10 @@ SHAPE = (24, 36, 3)
 
 @pytest.mark.parametrize(
     "cfg",
-    [ModelConfig(blocks=2, filters=4, dense_units=8),
-     ModelConfig(blocks=3, filters=4, dense_units=8, batch_norm=True, global_pool=True)],
+    [
+        ModelConfig(blocks=2, filters=4, dense_units=8),
+        ModelConfig(blocks=3, filters=4, dense_units=8, batch_norm=True, global_pool=True),
+    ],
 )
 def test_outputs_are_probabilities_over_classes(cfg):
     model = build_model(cfg, SHAPE, 3, augment=AugmentConfig(), seed=1)
@@ -33,6 +36,7 @@ def test_loss_expects_probabilities_not_logits():
         build_model(ModelConfig(blocks=1, filters=4, dense_units=4), SHAPE, 3),
         OptimizerConfig(),
         TrainConfig(),
+        steps_per_epoch=2,
     )
     assert model.loss.get_config()["from_logits"] is False
 
@@ -51,8 +55,7 @@ def test_inference_model_drops_augmentation_and_predicts_the_same():
     slim = inference_model(model)
     assert not any(isinstance(layer, AUGMENTATION_LAYERS) for layer in slim.layers)
     x = np.random.default_rng(1).integers(0, 255, (4, *SHAPE), dtype=np.uint8)
-    np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0),
-                               atol=1e-6)
+    np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
 def test_no_horizontal_flip_of_text():
@@ -62,6 +65,18 @@ def test_no_horizontal_flip_of_text():
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_optimizer_lookup(name):
-    opt = OPTIMIZERS[name](OptimizerConfig(name=name, learning_rate=0.05, momentum=0.5))
+    opt = build_optimizer(
+        OptimizerConfig(name=name, learning_rate=0.05, momentum=0.5, schedule="constant")
+    )
     assert float(opt.learning_rate.numpy()) == pytest.approx(0.05)
     assert type(opt).__name__.lower() == name
+
+
+def test_cosine_schedule_decays_to_zero_over_the_training_steps():
+    opt = build_optimizer(OptimizerConfig(learning_rate=0.01, schedule="cosine"), total_steps=100)
+    schedule = opt._learning_rate  # the schedule object; opt.learning_rate is its current value
+    assert float(schedule(0)) == pytest.approx(0.01)
+    assert float(schedule(50)) == pytest.approx(0.005, rel=1e-4)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="number of training steps"):
+        build_optimizer(OptimizerConfig(schedule="cosine"))

@@ -1,27 +1,49 @@
-"""export: save the model as ``.h5`` and ``.keras`` and register a new version in MLflow.
+"""export: write the model in every format, check each against Keras, register a new version.
 
-The version carries signature, input example, the ``.h5`` file, the class names and the lineage
-tags (git revision, data hash, DVC experiment, test metrics). Alias ``challenger`` moves to it;
-``champion`` too when the registered model has none yet.
+Formats (``export.formats``): ``model.h5`` (the format users asked for), ``model.keras``, a
+TensorFlow ``saved_model/``, ``model.tflite`` and ``model.onnx``, all from the same inference
+model (raw uint8 RGB in, softmax out). Each file is loaded back through its own runtime and run
+on a batch of real test images: the predicted labels must equal Keras's and no probability may
+differ by more than ``export.parity_max_abs_diff``. A format that fails is left out of the
+version and tagged ``format.<name> = invalid: <why>``; ``h5`` and ``keras`` must pass.
 
-Outputs (``out_dir``): ``model.h5``, ``model.keras``, ``classes.json``, ``registered.json``.
+Interrupt safety: everything is written and checked in a staging folder first; the files are
+stored in MLflow before the version is created (with all its tags at once), and a version whose
+aliases cannot be set is deleted again. So the registry never holds a version without its files.
+
+Outputs (``out_dir``): ``formats/`` (the format files, ``classes.json``, ``manifest.json`` with
+the sha256 of every file, ``parity.json``: the very folder stored as ``formats/`` in the
+version), ``parity.json`` (per-format results, a DVC metric) and ``registered.json``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from dataclasses import dataclass
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from imgclf import tracking
+from imgclf import registry, tracking
 from imgclf.config import Config
-from imgclf.fileio import atomic_path, read_json, write_json
+from imgclf.fileio import read_json, write_json
+from imgclf.formats import FORMAT_FILES, MANIFEST, REQUIRED_FORMATS, export_and_check, hash_tree
 from imgclf.lineage import lineage_tags
 from imgclf.stages.preprocess import load_dataset
 
 log = logging.getLogger(__name__)
+
+FORMATS_DIR = "formats"
+
+
+class ExportError(RuntimeError):
+    """A required format failed its check; nothing was registered."""
 
 
 @dataclass
@@ -30,6 +52,18 @@ class ExportResult:
     version: str
     aliases: list[str]
     run_id: str
+    valid_formats: list[str]
+    invalid_formats: dict[str, str]
+
+
+def _parity_metrics(parity: list) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for p in parity:
+        out[f"parity_{p.format}_valid"] = float(p.valid)
+        out[f"parity_{p.format}_label_agreement"] = p.label_agreement
+        if np.isfinite(p.max_abs_diff):
+            out[f"parity_{p.format}_max_abs_diff"] = p.max_abs_diff
+    return out
 
 
 def run(
@@ -40,22 +74,72 @@ def run(
 
     from imgclf.model import inference_model
 
+    started = time.perf_counter()
     trained = keras.models.load_model(train_dir / "model.keras", safe_mode=True)
     model = inference_model(trained)
     classes: list[str] = read_json(preprocess_dir / "classes.json")
     metrics = read_json(evaluate_dir / "metrics.json")
     arrays = load_dataset(preprocess_dir / "dataset.npz")
-    example = arrays["x_test"][:1] if len(arrays["x_test"]) else arrays["x_train"][:1]
-
-    if not np.allclose(model.predict(example, verbose=0), trained.predict(example, verbose=0),
-                       atol=1e-5):
+    pool = arrays["x_test"] if len(arrays["x_test"]) else arrays["x_train"]
+    images = pool[: cfg.export.parity_samples]
+    example = images[:1]
+    if not np.allclose(
+        model.predict(images, verbose=0), trained.predict(images, verbose=0), atol=1e-5
+    ):
         raise RuntimeError("inference model disagrees with the trained model")
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "model.h5") as tmp:
-        model.save(tmp)
-    with atomic_path(out_dir / "model.keras") as tmp:
-        model.save(tmp)
-    write_json(out_dir / "classes.json", classes)
+    # Staged beside the outputs (same filesystem: the final move is one rename).
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    try:
+        return _export(
+            cfg, model, classes, metrics, images, example, staging, train_dir, out_dir, started
+        )
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _export(
+    cfg: Config,
+    model: Any,
+    classes: list[str],
+    metrics: dict[str, Any],
+    images: np.ndarray,
+    example: np.ndarray,
+    staging: Path,
+    train_dir: Path,
+    out_dir: Path,
+    started: float,
+) -> ExportResult:
+    """Write and check every format in ``staging``, register it, then publish it locally."""
+    parity = export_and_check(
+        model, list(cfg.export.formats), staging, images, cfg.export.parity_max_abs_diff
+    )
+    valid = [p.format for p in parity if p.valid]
+    invalid = {p.format: p.reason for p in parity if not p.valid}
+    for fmt, why in invalid.items():
+        log.warning("export: %s is NOT valid and will not be registered: %s", fmt, why)
+    missing = [f for f in REQUIRED_FORMATS if f not in valid]
+    if missing:
+        raise ExportError(
+            f"required format(s) {', '.join(missing)} failed: "
+            + "; ".join(f"{f}: {invalid[f]}" for f in missing)
+        )
+    manifest: dict[str, str] = {}
+    for fmt in valid:
+        manifest |= hash_tree(staging, FORMAT_FILES[fmt])
+    write_json(staging / "classes.json", classes)
+    write_json(staging / "parity.json", {p.format: asdict(p) for p in parity})
+    write_json(staging / MANIFEST, manifest)
+    log.info(
+        "export: %d formats written and checked in %.1f s (%s)",
+        len(parity),
+        time.perf_counter() - started,
+        ", ".join(
+            f"{p.format} {'ok' if p.valid else 'FAILED'} max|Δp|={p.max_abs_diff:.2g}"
+            for p in parity
+        ),
+    )
 
     name = cfg.mlflow.registered_model_name
     height, width = (int(d) for d in model.input_shape[1:3])
@@ -64,22 +148,88 @@ def run(
         **tags,
         "test_accuracy": f"{metrics['accuracy']:.4f}",
         "test_macro_f1": f"{metrics['macro_f1']:.4f}",
+        "classes": json.dumps(classes),
+        "image_height": str(height),
+        "image_width": str(width),
+        "formats": ",".join(valid),
+        **{
+            f"format.{p.format}": "valid" if p.valid else f"invalid: {p.reason}"[:5000]
+            for p in parity
+        },
+        **{f"parity.{p.format}.max_abs_diff": f"{p.max_abs_diff:.3g}" for p in parity},
+        **{f"parity.{p.format}.label_agreement": f"{p.label_agreement:.4f}" for p in parity},
+        **{f"{registry.SHA_PREFIX}{rel}": digest for rel, digest in manifest.items()},
     }
+    if metrics.get("leakfree_accuracy") is not None:
+        version_tags["test_leakfree_accuracy"] = f"{metrics['leakfree_accuracy']:.4f}"
     run_info = read_json(train_dir / "run.json")
     with tracking.reopen_run(run_info["run_id"], cfg.mlflow.experiment_name, tags) as run_id:
-        version = tracking.log_and_register_keras_model(
+        # Files first, version second: the version is created only once every file it
+        # names is stored, with all its tags in the same call.
+        source = tracking.log_model_with_files(
             model,
-            registered_model_name=name,
             input_example=example,
-            metadata={"classes": classes, "image_height": height, "image_width": width},
-            version_tags={**version_tags, "run_id": run_id},
+            metadata={
+                "classes": classes,
+                "image_height": height,
+                "image_width": width,
+                "formats": valid,
+            },
+            files_dir=staging,
+            metrics=_parity_metrics(parity),
         )
-        aliases = tracking.set_aliases(
-            name, version, challenger=cfg.export.challenger_alias,
-            champion=cfg.export.champion_alias,
+        version = tracking.register_version(name, source, {**version_tags, "run_id": run_id})
+        try:
+            aliases = _set_aliases(cfg, name, version)
+        except BaseException:
+            log.error("export: could not set aliases; deleting version %s again", version)
+            tracking.delete_version(name, version)
+            raise
+    # The checked folder becomes artifacts/export/formats in one rename, the same layout
+    # as the version's formats/ in the registry.
+    target = out_dir / FORMATS_DIR
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(staging, target)
+    shutil.copy(target / "parity.json", out_dir / "parity.json")
+
+    write_json(
+        out_dir / "registered.json",
+        {
+            "name": name,
+            "version": version,
+            "aliases": aliases,
+            "run_id": run_id,
+            "uri": f"models:/{name}/{version}",
+            "formats": valid,
+            "invalid": invalid,
+        },
+    )
+    log.info(
+        "export: registered %s version %s (aliases: %s) in %.1f s",
+        name,
+        version,
+        ", ".join(aliases),
+        time.perf_counter() - started,
+    )
+    return ExportResult(name, version, aliases, run_id, valid, invalid)
+
+
+def _set_aliases(cfg: Config, name: str, version: str) -> list[str]:
+    """``challenger`` always moves to the new version; ``champion`` only when there is none.
+
+    Replacing an existing champion is ``imgclf promote``'s job, behind its gate.
+    """
+    tracking.set_alias(name, cfg.export.challenger_alias, version)
+    aliases = [cfg.export.challenger_alias]
+    try:
+        tracking.get_version(name, alias=cfg.export.champion_alias)
+    except LookupError:
+        registry.move_alias(
+            name,
+            cfg.export.champion_alias,
+            version,
+            reason="first registered version (no champion yet)",
         )
-    write_json(out_dir / "registered.json",
-               {"name": name, "version": version, "aliases": aliases, "run_id": run_id,
-                "uri": f"models:/{name}/{version}"})
-    log.info("export: registered %s version %s (aliases: %s)", name, version, ", ".join(aliases))
-    return ExportResult(name, version, aliases, run_id)
+        aliases.append(cfg.export.champion_alias)
+    return aliases

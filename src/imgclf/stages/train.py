@@ -11,7 +11,6 @@ import csv
 import io
 import logging
 import math
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf import tracking
+from imgclf import resume, tracking
 from imgclf.config import Config, flatten
 from imgclf.fileio import atomic_path, read_json, write_json, write_text
 from imgclf.lineage import lineage_tags
@@ -94,6 +93,45 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in keys}
 
 
+def _restore(ckpt: resume.Checkpointer, model: Any, experiment: str) -> resume.ResumeState:
+    """The interrupted training to continue (weights loaded into ``model``), or a fresh state."""
+    state, superseded_run = ckpt.load()
+    if state is not None:
+        try:
+            ckpt.restore_weights(model)
+        except (ValueError, OSError) as exc:  # the model code changed shape since the kill
+            log.warning("train: cannot resume from %s (%s); starting afresh", ckpt.root, exc)
+            ckpt.discard()
+            superseded_run, state = state.run_id, None
+    if superseded_run is not None:
+        tracking.configure(experiment)
+        tracking.mark_killed(superseded_run, "interrupted; its params, data or model changed")
+    if state is None:
+        return resume.ResumeState(key=ckpt.key)
+    log.info("train: resuming after epoch %d (MLflow run %s)", state.epochs_done, state.run_id)
+    return state
+
+
+def _start_logging(
+    state: resume.ResumeState, run_id: str, params: dict[str, Any], classes: list[str],
+    model: Any,
+) -> None:
+    """Params, tags and model summary; on a resume, also the epochs the kill kept from MLflow."""
+    if state.run_id is not None:
+        tracking.set_tags({"resumed_after_epoch": str(state.epochs_done)})
+    state.run_id = run_id
+    tracking.log_params(params)  # the same values again on a resume, which MLflow accepts
+    tracking.set_tags({"classes": ",".join(classes), "stage": "train"})
+    lines: list[str] = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+    tracking.log_text("\n".join(lines), "model_summary.txt")
+    # Epochs are logged right after their checkpoint; a kill in between loses only the log.
+    logged = tracking.logged_steps(run_id, "loss") if state.epochs_done else set()
+    for epoch in range(state.epochs_done):
+        if epoch not in logged:
+            tracking.log_metrics({k: v[epoch] for k, v in state.history.items()}, step=epoch)
+
+
 def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
     """Index of the best epoch by ``monitor`` (lowest val_loss or highest val_accuracy)."""
     scores = np.array(history[monitor])
@@ -105,10 +143,10 @@ def fit(
 ) -> tuple[Any, dict[str, list[float]]]:
     """Build, compile and fit the model on the train split, validating every epoch on val.
 
-    Shared by :func:`run` and the sweeps (:mod:`imgclf.sweep`), which inject their own
-    ``callbacks`` (checkpoint and MLflow here; Optuna pruning there). Early stopping on
-    ``train.monitor`` and NaN termination always apply. Seeds Keras first, so every call
-    (every sweep trial) starts from the same random state.
+    Used by the sweeps (:mod:`imgclf.sweep`), which inject their own ``callbacks`` (MLflow
+    and Optuna pruning); the train stage's :func:`run` adds crash-safe resume on top of the
+    same pieces. Early stopping on ``train.monitor`` and NaN termination always apply. Seeds
+    Keras first, so every call (every sweep trial) starts from the same random state.
 
     Returns:
         The fitted model (weights of the last epoch) and the per-epoch history.
@@ -121,7 +159,8 @@ def fit(
     train_ds, val_ds = make_datasets(arrays, n_classes, cfg.train.batch_size, cfg.train.seed)
     input_shape = tuple(arrays["x_train"].shape[1:])
     model = build_model(cfg.model, input_shape, n_classes, augment=cfg.augment, seed=cfg.train.seed)
-    compile_model(model, cfg.optimizer, cfg.train)
+    steps_per_epoch = math.ceil(len(arrays["y_train"]) / cfg.train.batch_size)
+    compile_model(model, cfg.optimizer, cfg.train, steps_per_epoch)
     stopping = [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience),
@@ -140,33 +179,57 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
     """Train on ``in_dir``'s cached tensors and write the best model into ``out_dir``."""
     import keras
 
+    from imgclf.model import build_model, compile_model
+
     configure_tensorflow(cfg.train.threads)
+    keras.utils.set_random_seed(cfg.train.seed)
     arrays = load_dataset(in_dir / "dataset.npz")
     classes: list[str] = read_json(in_dir / "classes.json")
     if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
         raise ValueError(f"{in_dir}: the train or validation split is empty")
+    train_ds, val_ds = make_datasets(arrays, len(classes), cfg.train.batch_size, cfg.train.seed)
+    input_shape = tuple(arrays["x_train"].shape[1:])
+    model = build_model(
+        cfg.model, input_shape, len(classes), augment=cfg.augment, seed=cfg.train.seed
+    )
+    steps_per_epoch = math.ceil(len(arrays["y_train"]) / cfg.train.batch_size)
+    compile_model(model, cfg.optimizer, cfg.train, steps_per_epoch)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".ckpt-") as ckpt_dir:
-        best_path = Path(ckpt_dir) / "best.weights.h5"
-        callbacks = [
-            keras.callbacks.ModelCheckpoint(
-                best_path, monitor=cfg.train.monitor, save_best_only=True, save_weights_only=True
-            ),
-            tracking.keras_callback(),
-        ]
-        with tracking.start_run(cfg.mlflow.experiment_name, tags=lineage_tags()) as run_id:
-            tracking.log_params(flatten(cfg, TRAIN_SECTIONS))
-            tracking.set_tags({"classes": ",".join(classes), "stage": "train"})
-            model, history = fit(cfg, arrays, len(classes), callbacks=callbacks)
-            if any(math.isnan(v) for v in history.get("loss", [])) or not best_path.exists():
+    params = flatten(cfg, TRAIN_SECTIONS)
+    ckpt = resume.Checkpointer(
+        out_dir / resume.RESUME_DIRNAME,
+        resume.resume_key(params, [in_dir / "dataset.npz", in_dir / "classes.json"]),
+    )
+    with ckpt.locked():
+        state = _restore(ckpt, model, cfg.mlflow.experiment_name)
+        with tracking.start_run(
+            cfg.mlflow.experiment_name, tags=lineage_tags(), run_id=state.run_id
+        ) as run_id:
+            _start_logging(state, run_id, params, classes, model)
+            callbacks = [
+                keras.callbacks.TerminateOnNaN(),
+                resume.make_callback(
+                    ckpt, state, monitor=cfg.train.monitor, patience=cfg.train.patience,
+                    on_epoch=lambda epoch, logs: tracking.log_metrics(logs, step=epoch),
+                ),
+            ]
+            if not state.finished(cfg.train.epochs):
+                model.fit(
+                    train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
+                    initial_epoch=state.epochs_done, callbacks=callbacks, verbose=2,
+                )
+            best_path = ckpt.best_weights()
+            if state.diverged or state.epochs_done == 0 or best_path is None:
+                ckpt.discard()  # resuming a diverged run would only diverge again
                 raise FloatingPointError("training diverged (NaN loss); nothing was saved")
             model.load_weights(best_path)
 
-            best = best_epoch_index(history, cfg.train.monitor)
+            history = state.history
+            best = state.best_epoch - 1
             summary = {
-                "best_epoch": best + 1,
-                "epochs_run": len(history["loss"]),
+                "best_epoch": state.best_epoch,
+                "epochs_run": state.epochs_done,
                 "val_accuracy": history["val_accuracy"][best],
                 "val_loss": history["val_loss"][best],
                 "n_train": int(len(arrays["y_train"])),
@@ -183,6 +246,8 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
             write_json(out_dir / "train.json", summary)
             write_json(out_dir / "run.json",
                        {"run_id": run_id, "experiment": cfg.mlflow.experiment_name})
+        # Only now, with every output written and the run FINISHED, is the checkpoint spent.
+        ckpt.discard()
     log.info("train: best epoch %d of %d, val_accuracy %.4f", summary["best_epoch"],
              summary["epochs_run"], summary["val_accuracy"])
     return TrainResult(run_id, int(summary["best_epoch"]), int(summary["epochs_run"]),

@@ -1,0 +1,302 @@
+"""promote: move ``@champion`` to a candidate version only when it is measurably better.
+
+Both the candidate (default ``@challenger``) and the current ``@champion`` are loaded from the
+registry (files verified against their sha256 tags) and evaluated here, now, on the same test
+tensors: preprocess's ``dataset.npz`` and the leak flags of its ``split.csv``. Both versions must
+carry the ``data_md5`` that ``data.dvc`` pins, so a number measured on other data can never win.
+The candidate must pass the absolute floors (``promote.min_accuracy``,
+``promote.min_leakfree_accuracy``) and beat the champion's ``promote.metric`` by at least
+``promote.min_margin``. ``force`` (with a reason) overrides a refusal, and says so in the record.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgclf import registry, tracking
+from imgclf.config import Config
+from imgclf.fileio import read_json
+from imgclf.stages.evaluate import compute_metrics, leakage_metrics, read_leak_flags
+from imgclf.stages.preprocess import load_dataset
+from imgclf.tracking import VersionInfo
+
+log = logging.getLogger(__name__)
+
+SHOWN_METRICS = ("accuracy", "leakfree_accuracy", "macro_f1", "leakfree_macro_f1")
+
+
+class PromotionError(RuntimeError):
+    """Promotion cannot even be judged (no candidate, no reason for --force, stale data)."""
+
+
+@dataclass
+class Measured:
+    """A version and what it scored on the pinned test set (``None`` where not measurable)."""
+
+    version: str
+    data_md5: str
+    metrics: dict[str, float | None] = field(default_factory=dict)
+    problem: str = ""
+
+
+@dataclass
+class PromotionResult:
+    accepted: bool
+    forced: bool
+    candidate: Measured
+    champion: Measured | None
+    reasons: list[str]
+    data_md5: str
+    move: registry.Move | None = None
+
+
+def stale_test_data(project: Path, stage: str = "preprocess") -> str | None:
+    """Why ``stage``'s outputs may not be built from the data ``data.dvc`` pins (None: fine).
+
+    ``data.dvc`` hashes the whole ``data/`` folder while the stages depend on
+    ``data/id-cards``, so the hashes cannot be compared directly: ``dvc status`` compares each
+    with the workspace instead. Only data changes count here (a code change is not a different
+    test set). Outside a DVC project, or without the ``dvc`` command, nothing is checked.
+    """
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("dvc") or str(Path(sys.executable).with_name("dvc"))
+    if not (project / "dvc.yaml").is_file() or not Path(exe).exists():
+        return None
+    proc = subprocess.run(
+        [exe, "status", "--json", "data.dvc", stage],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        status = json.loads(proc.stdout or "{}")
+    except json.JSONDecodeError:
+        return f"`dvc status` failed: {proc.stderr.strip()[-300:]}"
+    changed = []
+    for name, entries in status.items():
+        for entry in entries if isinstance(entries, list) else []:
+            if not isinstance(entry, dict):
+                continue
+            for kind in ("changed outs", "changed deps"):
+                changed += [
+                    f"{name}: {path} {how}"
+                    for path, how in (entry.get(kind) or {}).items()
+                    if name == "data.dvc" or str(path).startswith("data")
+                ]
+    if changed:
+        return "; ".join(changed)
+    return None
+
+
+def measure(
+    info: VersionInfo,
+    cfg: Config,
+    *,
+    x: np.ndarray,
+    y: np.ndarray,
+    leak: np.ndarray,
+    classes: list[str],
+) -> Measured:
+    """Evaluate one version's ``promote.format`` file on the test tensors."""
+    out = Measured(info.version, info.tags.get("data_md5", "unknown"))
+    try:
+        if registry.version_classes(info) != classes:
+            out.problem = (
+                f"classes {registry.version_classes(info)} differ from the test set's {classes}"
+            )
+            return out
+        predictor = registry.load_version(info, cfg.promote.format)
+    except Exception as exc:  # noqa: BLE001 - a version that cannot load cannot be promoted
+        out.problem = f"cannot load: {exc}"
+        return out
+    if tuple(predictor.input_shape[:2]) != tuple(x.shape[1:3]):
+        out.problem = (
+            f"takes {predictor.input_shape[0]}x{predictor.input_shape[1]} images, "
+            f"the test set is {x.shape[1]}x{x.shape[2]}"
+        )
+        return out
+    bs = cfg.promote.batch_size
+    probs = np.concatenate([predictor.predict(x[i : i + bs]) for i in range(0, len(x), bs)])
+    y_pred = probs.argmax(axis=1)
+    m: dict[str, Any] = compute_metrics(y, y_pred, classes) | leakage_metrics(
+        y, y_pred, leak, classes
+    )
+    out.metrics = {k: m.get(k) for k in SHOWN_METRICS}
+    return out
+
+
+def judge(cfg: Config, cand: Measured, champ: Measured | None, data_md5: str) -> list[str]:
+    """Why the candidate may not become champion (empty: it may). Pure: tests call it."""
+    p = cfg.promote
+    reasons: list[str] = []
+    if data_md5 == "unknown":
+        reasons.append("data.dvc not found: no pinned test set to compare on")
+    for who, m in (("candidate", cand), ("champion", champ)):
+        if m is None:
+            continue
+        if m.data_md5 != data_md5:
+            reasons.append(
+                f"{who} v{m.version} was trained on data {m.data_md5[:12]}, "
+                f"not the {data_md5[:12]} that data.dvc pins"
+            )
+        if m.problem:
+            reasons.append(f"{who} v{m.version}: {m.problem}")
+    if cand.problem:
+        return reasons
+    acc, lf = cand.metrics.get("accuracy"), cand.metrics.get("leakfree_accuracy")
+    if acc is None or acc < p.min_accuracy:
+        reasons.append(f"accuracy {_f(acc)} is below the floor {p.min_accuracy:.4f}")
+    if lf is None or lf < p.min_leakfree_accuracy:
+        reasons.append(
+            f"leakfree_accuracy {_f(lf)} is below the floor {p.min_leakfree_accuracy:.4f}"
+        )
+    if champ is not None and not champ.problem:
+        c, k = cand.metrics.get(p.metric), champ.metrics.get(p.metric)
+        # A tie is not evidence: the candidate must be strictly better, by the margin at least.
+        if c is None or k is None or c <= k or c - k < p.min_margin - 1e-12:
+            reasons.append(
+                f"{p.metric} {_f(c)} does not beat the champion's {_f(k)} by "
+                f"at least {p.min_margin:.4f}"
+            )
+    return reasons
+
+
+def run(
+    cfg: Config,
+    *,
+    preprocess_dir: Path,
+    data_md5: str,
+    version: str | None = None,
+    force: bool = False,
+    reason: str = "",
+) -> PromotionResult:
+    """Measure candidate and champion, and move ``@champion`` if the gate (or ``force``) allows.
+
+    Raises:
+        PromotionError: no candidate, ``force`` without a reason, or the candidate is already
+            the champion.
+    """
+    if force and not reason.strip():
+        raise PromotionError('--force needs --reason "...": the reason is recorded')
+    name = cfg.mlflow.registered_model_name
+    tracking.configure()
+    try:
+        cand_info = (
+            tracking.get_version(name, version=version)
+            if version is not None
+            else tracking.get_version(name, alias=cfg.export.challenger_alias)
+        )
+    except LookupError as exc:
+        raise PromotionError(str(exc)) from exc
+    try:
+        champ_info: VersionInfo | None = tracking.get_version(name, alias=cfg.export.champion_alias)
+    except LookupError:
+        champ_info = None
+    if champ_info is not None and champ_info.version == cand_info.version:
+        raise PromotionError(
+            f"{name} version {cand_info.version} is already @{cfg.export.champion_alias}"
+        )
+
+    arrays = load_dataset(preprocess_dir / "dataset.npz")
+    x, y = arrays["x_test"], arrays["y_test"]
+    if len(y) == 0:
+        raise PromotionError(f"{preprocess_dir}: the test set is empty")
+    leak = read_leak_flags(preprocess_dir / "split.csv", len(y))
+    classes: list[str] = read_json(preprocess_dir / "classes.json")
+    kw: dict[str, Any] = {"x": x, "y": y, "leak": leak, "classes": classes}
+    cand = measure(cand_info, cfg, **kw)
+    champ = measure(champ_info, cfg, **kw) if champ_info is not None else None
+    reasons = judge(cfg, cand, champ, data_md5)
+    result = PromotionResult(not reasons, False, cand, champ, reasons, data_md5)
+    if reasons and not force:
+        log.warning("promote: refused v%s: %s", cand.version, "; ".join(reasons))
+        return result
+    result.accepted, result.forced = True, bool(reasons)
+    record = {
+        "metric": cfg.promote.metric,
+        "candidate": cand.metrics,
+        "champion": champ.metrics if champ else None,
+        "data_md5": data_md5,
+        "gate": {
+            "min_accuracy": cfg.promote.min_accuracy,
+            "min_leakfree_accuracy": cfg.promote.min_leakfree_accuracy,
+            "min_margin": cfg.promote.min_margin,
+            "format": cfg.promote.format,
+        },
+        "refusals_overridden": reasons,
+    }
+    # The metrics compared are in the record (and shown by `imgclf registry`).
+    why = reason.strip() or "passed the gate"
+    result.move = registry.move_alias(
+        name,
+        cfg.export.champion_alias,
+        cand.version,
+        reason=why,
+        forced=result.forced,
+        metrics=record,
+    )
+    return result
+
+
+def render(result: PromotionResult, cfg: Config) -> str:
+    """The side-by-side table ``imgclf promote`` prints, then the decision and its reasons."""
+    p = cfg.promote
+    champ = result.champion
+    rows = [
+        (
+            "",
+            f"candidate v{result.candidate.version}",
+            f"champion v{champ.version}" if champ else "champion (none)",
+            "required",
+        )
+    ]
+    for key in SHOWN_METRICS:
+        need = ""
+        if key == "accuracy":
+            need = f">= {p.min_accuracy:.4f}"
+        elif key == "leakfree_accuracy":
+            need = f">= {p.min_leakfree_accuracy:.4f}"
+        if key == p.metric:
+            need += (", " if need else "") + f">= champion + {p.min_margin:.4f}"
+        rows.append(
+            (
+                key,
+                _f(result.candidate.metrics.get(key)),
+                _f(champ.metrics.get(key)) if champ else "-",
+                need,
+            )
+        )
+    rows.append(
+        (
+            "data_md5",
+            result.candidate.data_md5[:12],
+            champ.data_md5[:12] if champ else "-",
+            f"= {result.data_md5[:12]} (data.dvc)",
+        )
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    if result.accepted and not result.forced:
+        lines.append(f"ACCEPTED: @{cfg.export.champion_alias} -> v{result.candidate.version}")
+    elif result.forced:
+        lines.append(
+            f"FORCED: @{cfg.export.champion_alias} -> v{result.candidate.version} "
+            f"despite: {'; '.join(result.reasons)}"
+        )
+    else:
+        lines.append("REFUSED: " + "; ".join(result.reasons))
+    return "\n".join(lines)
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"

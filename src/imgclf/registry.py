@@ -1,0 +1,238 @@
+"""The model registry as imgclf uses it: aliases only, a readable ``@champion`` history, and
+verified loading of any exported format of a version.
+
+Conventions on each version (all MLflow model version tags):
+
+- ``sha256.<path>``: the sha256 of every exported file (``formats/<path>`` in the version);
+- ``formats``: the formats that passed their parity check; ``format.<name>``: ``valid`` or
+  ``invalid: <why>``; ``parity.<name>.max_abs_diff`` / ``.label_agreement``;
+- ``champion.moved.<UTC time>``: one JSON record per move of ``@champion`` *to* this version
+  (when, from which version, the metrics compared, forced or not, the reason);
+  ``champion.left.<UTC time>``: when it lost ``@champion`` and to which version.
+
+MLflow registry stages are deprecated and never used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from imgclf import tracking
+from imgclf.formats import FORMAT_FILES, Predictor, load_predictor
+from imgclf.tracking import VersionInfo
+
+log = logging.getLogger(__name__)
+
+SHA_PREFIX = "sha256."
+MOVED_PREFIX = "champion.moved."
+LEFT_PREFIX = "champion.left."
+_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
+
+
+@dataclass
+class Move:
+    """One move of an alias, as recorded on the version it moved to."""
+
+    at: str
+    alias: str
+    to_version: str
+    from_version: str | None
+    forced: bool
+    reason: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+    user: str = ""
+
+
+def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name/3`` -> ``(name, "3", None)``; ``models:/name@champion`` -> alias.
+
+    Raises:
+        ValueError: not a registry URI imgclf understands.
+    """
+    m = _URI.match(uri)
+    if not m:
+        raise ValueError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return m["name"], m["version"], m["alias"]
+
+
+def resolve(uri: str) -> VersionInfo:
+    """The version a registry URI points at."""
+    name, version, alias = parse_model_uri(uri)
+    return tracking.get_version(name, version=version, alias=alias)
+
+
+def expected_hashes(info: VersionInfo) -> dict[str, str]:
+    """``{path: sha256}`` recorded on the version at export."""
+    return {k.removeprefix(SHA_PREFIX): v for k, v in info.tags.items() if k.startswith(SHA_PREFIX)}
+
+
+def valid_formats(info: VersionInfo) -> list[str]:
+    """Formats of the version that passed their parity check."""
+    return [f for f in info.tags.get("formats", "").split(",") if f]
+
+
+def version_classes(info: VersionInfo) -> list[str]:
+    """The class names, in output order, recorded on the version."""
+    return list(json.loads(info.tags["classes"]))
+
+
+def load_version(info: VersionInfo, fmt: str, cache_dir: Path | None = None) -> Predictor:
+    """Download format ``fmt`` of a version, verify every file's sha256, then load it.
+
+    Raises:
+        LookupError: the format is not a valid one of this version.
+        imgclf.formats.IntegrityError: a downloaded file's bytes differ from the recorded hash.
+    """
+    if fmt not in valid_formats(info):
+        why = info.tags.get(f"format.{fmt}", "not exported")
+        raise LookupError(f"{info.name} version {info.version} has no valid {fmt} file ({why})")
+    rel = FORMAT_FILES[fmt]
+    if cache_dir is not None:
+        tracking.download_version_files(info.name, info.version, rel, cache_dir)
+        return load_predictor(fmt, cache_dir, expected_hashes(info))
+    # Every runtime holds the model in memory (or mmaps it, which outlives the unlink on
+    # POSIX) once loaded, so the downloaded copy need not stay on disk.
+    with tempfile.TemporaryDirectory(prefix="imgclf-model-") as tmp:
+        tracking.download_version_files(info.name, info.version, rel, Path(tmp))
+        return load_predictor(fmt, Path(tmp), expected_hashes(info))
+
+
+def utc_now() -> str:
+    """UTC time with microseconds: sortable, and unique enough to key history tags."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def move_alias(
+    name: str,
+    alias: str,
+    to_version: str,
+    *,
+    reason: str,
+    forced: bool = False,
+    metrics: dict[str, Any] | None = None,
+) -> Move:
+    """Point ``alias`` at ``to_version`` and record the move on both versions involved."""
+    try:
+        previous: str | None = tracking.get_version(name, alias=alias).version
+    except LookupError:
+        previous = None
+    move = Move(
+        at=utc_now(),
+        alias=alias,
+        to_version=str(to_version),
+        from_version=previous,
+        forced=forced,
+        reason=reason,
+        metrics=metrics or {},
+        user=os.environ.get("USER", ""),
+    )
+    # The record goes first: an interruption can leave a record of a move that did not happen
+    # (the alias still says where the champion is), never a move without its record.
+    tracking.set_version_tags(
+        name, str(to_version), {f"{MOVED_PREFIX}{move.at}": json.dumps(move.__dict__)}
+    )
+    tracking.set_alias(name, alias, str(to_version))
+    if previous is not None and previous != str(to_version):
+        tracking.set_version_tags(
+            name,
+            previous,
+            {f"{LEFT_PREFIX}{move.at}": json.dumps({"alias": alias, "replaced_by": to_version})},
+        )
+    log.info(
+        "registry: @%s of %s moved %s -> %s (%s%s)",
+        alias,
+        name,
+        previous or "none",
+        to_version,
+        "forced: " if forced else "",
+        reason,
+    )
+    return move
+
+
+def history(name: str, alias: str = "champion") -> list[Move]:
+    """Every recorded move of ``alias``, oldest first."""
+    moves = []
+    for info in tracking.list_versions(name):
+        for key, value in info.tags.items():
+            if key.startswith(MOVED_PREFIX):
+                move = Move(**json.loads(value))
+                if move.alias == alias:
+                    moves.append(move)
+    return sorted(moves, key=lambda m: m.at)
+
+
+SUMMARY_TAGS = (
+    "test_accuracy",
+    "test_leakfree_accuracy",
+    "test_macro_f1",
+    "data_md5",
+    "git_commit",
+    "formats",
+)
+
+
+def describe(name: str, alias: str = "champion") -> dict[str, Any]:
+    """Versions (aliases, metrics, formats, lineage) and the alias history, as plain data."""
+    versions = [
+        {
+            "version": v.version,
+            "aliases": v.aliases,
+            "created": datetime.fromtimestamp(v.created_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M"),
+            **{k: v.tags.get(k, "") for k in SUMMARY_TAGS},
+            "invalid_formats": {
+                k.removeprefix("format."): val
+                for k, val in v.tags.items()
+                if k.startswith("format.") and val != "valid"
+            },
+        }
+        for v in tracking.list_versions(name)
+    ]
+    return {
+        "name": name,
+        "versions": versions,
+        "history": [m.__dict__ for m in history(name, alias)],
+    }
+
+
+def render(desc: dict[str, Any]) -> str:
+    """``imgclf registry``'s text: a versions table, then the champion history."""
+    lines = [f"Registered model {desc['name']}", ""]
+    header = f"{'version':>7}  {'aliases':<22} {'acc':>6} {'leakfree':>8} {'data_md5':<10} formats"
+    lines += [header, "-" * len(header)]
+    for v in desc["versions"]:
+        lines.append(
+            f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22} "
+            f"{v['test_accuracy'] or '-':>6} {v['test_leakfree_accuracy'] or '-':>8} "
+            f"{(v['data_md5'] or '-')[:10]:<10} {v['formats'] or '-'}"
+        )
+        for fmt, why in v["invalid_formats"].items():
+            lines.append(f"{'':>9}{fmt}: {why}")
+    lines += ["", "@champion history (oldest first)"]
+    if not desc["history"]:
+        lines.append("  (no recorded move)")
+    for m in desc["history"]:
+        compared = ""
+        cand, champ = m["metrics"].get("candidate"), m["metrics"].get("champion")
+        if cand:
+            metric = m["metrics"].get("metric", "leakfree_accuracy")
+            compared = f"; {metric} {_fmt(cand.get(metric))}"
+            if champ:
+                compared += f" vs {_fmt(champ.get(metric))}"
+        lines.append(
+            f"  {m['at']}  {m['from_version'] or 'none'} -> {m['to_version']}"
+            f"{'  FORCED' if m['forced'] else ''}  {m['reason']}{compared}"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.4f}"
