@@ -11,13 +11,14 @@ PYTEST_ARGS ?=
 export PATH := $(BIN):$(PATH)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup repro test test-fast ui params lint bench clean help
+.PHONY: setup repro test test-fast ui params lint sweep bench clean help
 
 help:
 	@echo "make repro   set up .venv, dvc pull the data, dvc repro the pipeline, show metrics"
 	@echo "make test    set up .venv and run the test suite (what CI runs)"
 	@echo "make ui      MLflow UI over the project's store on http://$(HOST):$(PORT)"
 	@echo "make params  recompose params.yaml from conf/ (Hydra)"
+	@echo "make sweep   Optuna sweep (conf/sweep/\$$(SWEEP).yaml), SWEEP_ARGS for overrides"
 	@echo "make lint    ruff + mypy on src/"
 	@echo "make bench   measure accuracy (3 seeds), repro time, throughput; write BENCHMARKS.md"
 
@@ -27,7 +28,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check "uv>=0.5,<1"
 	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements.lock
-	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
+	@# compat: a plain path .pth, so Hydra finds the hydra_plugins namespace package (the
+	@# import-hook editable finder hides namespace packages from its plugin scan)
+	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e . --config-setting editable_mode=compat
 	@touch $@
 
 repro: $(STAMP)
@@ -47,6 +50,13 @@ ui: $(STAMP)
 
 params: $(STAMP)
 	$(BIN)/imgclf params
+
+SWEEP ?= cnn
+SWEEP_ARGS ?=
+sweep: $(STAMP)
+	$(BIN)/dvc pull data.dvc
+	$(BIN)/dvc repro preprocess
+	$(BIN)/imgclf-train -m hydra/sweeper=imgclf_optuna sweep=$(SWEEP) $(SWEEP_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts

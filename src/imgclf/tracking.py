@@ -516,3 +516,83 @@ def download_version_files(name: str, version: str, rel: str, dst: Path) -> Path
         artifact_uri=f"{base}/formats/{rel}", dst_path=str(dst)
     )
     return Path(local)
+
+
+# --- Sweeps: a parent run per sweep, one child run per job ------------------------------------
+# The parent is handled through the client, never as the fluent "active" run, so the children
+# can be active runs of their own and several processes can add children to the same parent.
+
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@contextlib.contextmanager
+def start_child_run(
+    experiment_name: str,
+    *,
+    parent_run_id: str | None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    killed_on: tuple[type[BaseException], ...] = (),
+) -> Iterator[str]:
+    """Start a run under ``parent_run_id`` (a plain run when None) and yield its id.
+
+    It ends KILLED on Ctrl-C or on one of ``killed_on`` (a pruned trial: stopped on purpose,
+    not broken), FAILED on any other exception, FINISHED otherwise.
+    """
+    configure(experiment_name)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = mlflow.start_run(run_name=run_name, tags=all_tags)
+    try:
+        yield run.info.run_id
+    except BaseException as exc:
+        stopped = isinstance(exc, (KeyboardInterrupt, *killed_on))
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if stopped else RunStatus.FAILED))
+        raise
+    else:
+        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
+
+
+def open_parent_run(
+    experiment_name: str,
+    *,
+    run_id: str | None = None,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Reopen ``run_id`` (status RUNNING again) if it exists in the store, else create a run.
+
+    Returns:
+        The parent run's id.
+    """
+    exp_id = configure(experiment_name)
+    client = MlflowClient()
+    if run_id and run_exists(run_id):
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        return run_id
+    assert exp_id is not None
+    run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+    return str(run.info.run_id)
+
+
+def end_run_by_id(run_id: str, status: str = "FINISHED") -> None:
+    """Terminate a run that is not the active one (a sweep's parent, an orphaned child)."""
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    """Tag a run that is not the active one."""
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, str(value))
+
+
+def log_metric_to(run_id: str, key: str, value: float, step: int | None = None) -> None:
+    """Log one metric to a run that is not the active one."""
+    MlflowClient().log_metric(run_id, key, float(value), step=step or 0)
+
+
+def log_artifacts_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Log a folder's files to a run that is not the active one."""
+    MlflowClient().log_artifacts(run_id, str(path), artifact_path)

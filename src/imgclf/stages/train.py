@@ -11,6 +11,7 @@ import csv
 import io
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,49 @@ def _start_logging(
     for epoch in range(state.epochs_done):
         if epoch not in logged:
             tracking.log_metrics({k: v[epoch] for k, v in state.history.items()}, step=epoch)
+
+
+def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
+    """Index of the best epoch by ``monitor`` (lowest val_loss or highest val_accuracy)."""
+    scores = np.array(history[monitor])
+    return int(np.argmin(scores) if monitor == "val_loss" else np.argmax(scores))
+
+
+def fit(
+    cfg: Config, arrays: dict[str, np.ndarray], n_classes: int, *, callbacks: Sequence[Any] = ()
+) -> tuple[Any, dict[str, list[float]]]:
+    """Build, compile and fit the model on the train split, validating every epoch on val.
+
+    Used by the sweeps (:mod:`imgclf.sweep`), which inject their own ``callbacks`` (MLflow
+    and Optuna pruning); the train stage's :func:`run` adds crash-safe resume on top of the
+    same pieces. Early stopping on ``train.monitor`` and NaN termination always apply. Seeds
+    Keras first, so every call (every sweep trial) starts from the same random state.
+
+    Returns:
+        The fitted model (weights of the last epoch) and the per-epoch history.
+    """
+    import keras
+
+    from imgclf.model import build_model, compile_model
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    train_ds, val_ds = make_datasets(arrays, n_classes, cfg.train.batch_size, cfg.train.seed)
+    input_shape = tuple(arrays["x_train"].shape[1:])
+    model = build_model(cfg.model, input_shape, n_classes, augment=cfg.augment, seed=cfg.train.seed)
+    steps_per_epoch = math.ceil(len(arrays["y_train"]) / cfg.train.batch_size)
+    compile_model(model, cfg.optimizer, cfg.train, steps_per_epoch)
+    stopping = [
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience),
+    ]
+    hist = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=cfg.train.epochs,
+        callbacks=[*stopping, *callbacks],
+        verbose=2,
+    )
+    return model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
 def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
