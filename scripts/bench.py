@@ -163,10 +163,7 @@ def predict_speed(clone: Path, env: dict[str, str]) -> tuple[float, float, float
     imgclf = str(Path(sys.executable).with_name("imgclf"))
     h5 = "artifacts/export/formats/model.h5"
     sh([imgclf, "predict", str(one), "--model", h5], clone, env)  # warm
-    file_s = min(
-        sh([imgclf, "predict", str(one), "--model", h5], clone, env)[0]
-        for _ in range(3)
-    )
+    file_s = min(sh([imgclf, "predict", str(one), "--model", h5], clone, env)[0] for _ in range(3))
     reg_s = min(sh([imgclf, "predict", str(one)], clone, env)[0] for _ in range(2))
     return batch, file_s, reg_s
 

@@ -60,8 +60,13 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_config(**sections: dict) -> Config:
     """A config that trains in seconds on the tiny dataset."""
     raw: dict = {
-        "data": {"image_height": 32, "image_width": 48, "val_fraction": 0.25, "min_side": 8,
-                 "workers": 1},
+        "data": {
+            "image_height": 32,
+            "image_width": 48,
+            "val_fraction": 0.25,
+            "min_side": 8,
+            "workers": 1,
+        },
         "model": {"blocks": 2, "filters": 8, "dense_units": 16, "dropout": 0.1},
         "optimizer": {"name": "adam", "learning_rate": 0.003},
         "train": {"epochs": 4, "batch_size": 8, "patience": 10, "threads": 2},

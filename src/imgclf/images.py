@@ -133,9 +133,7 @@ def open_image(
     if draft_size is None:
         width, height = w, h  # after EXIF rotation
         if min(w, h) < min_side:
-            raise ImageRejected(
-                path, TOO_SMALL, f"{w}x{h} is below the minimum side of {min_side}"
-            )
+            raise ImageRejected(path, TOO_SMALL, f"{w}x{h} is below the minimum side of {min_side}")
     return rgb, ImageInfo(sha256=digest, width=width, height=height, format=fmt, mode=mode)
 
 

@@ -23,8 +23,8 @@ HASH_SIZE = 8  # 8 rows x 9 columns -> 64 bits
 
 def dhash(rgb: np.ndarray) -> str:
     """The 64-bit difference hash of an RGB image, as 16 hex digits."""
-    gray = Image.fromarray(rgb).convert("L").resize(
-        (HASH_SIZE + 1, HASH_SIZE), Image.Resampling.BOX
+    gray = (
+        Image.fromarray(rgb).convert("L").resize((HASH_SIZE + 1, HASH_SIZE), Image.Resampling.BOX)
     )
     px = np.asarray(gray, dtype=np.int16)
     bits = px[:, 1:] > px[:, :-1]
@@ -110,22 +110,31 @@ def find_duplicates(
     for digest, members in sorted(by_sha.items(), key=lambda kv: items[kv[1][0]].path):
         if len(members) < 2:
             continue
-        exact_groups.append({
-            "sha256": digest,
-            "files": [{"path": items[i].path, "class": items[i].cls, "split": items[i].split}
-                      for i in members],
-            "splits": sorted({items[i].split for i in members}),
-            "classes": sorted({items[i].cls for i in members}),
-        })
+        exact_groups.append(
+            {
+                "sha256": digest,
+                "files": [
+                    {"path": items[i].path, "class": items[i].cls, "split": items[i].split}
+                    for i in members
+                ],
+                "splits": sorted({items[i].split for i in members}),
+                "classes": sorted({items[i].cls for i in members}),
+            }
+        )
 
     label_conflicts = []
     for a, b in iu:
         if items[a].cls != items[b].cls:
-            label_conflicts.append({
-                "a": items[a].path, "a_class": items[a].cls,
-                "b": items[b].path, "b_class": items[b].cls,
-                "distance": int(dist[a, b]), "exact": bool(exact[a, b]),
-            })
+            label_conflicts.append(
+                {
+                    "a": items[a].path,
+                    "a_class": items[a].cls,
+                    "b": items[b].path,
+                    "b_class": items[b].cls,
+                    "distance": int(dist[a, b]),
+                    "exact": bool(exact[a, b]),
+                }
+            )
 
     leak = [False] * n
     leakage: list[dict[str, Any]] = []
@@ -139,14 +148,23 @@ def find_duplicates(
             for j in twins:
                 leak[j] = True
             twins.sort(key=lambda j: (int(dist[i, j]), items[j].path))
-            leakage.append({
-                "path": items[i].path, "class": items[i].cls,
-                "exact": any(exact[i, j] for j in twins),
-                "min_distance": int(min(dist[i, j] for j in twins)),
-                "twins": [{"path": items[j].path, "class": items[j].cls,
-                           "distance": int(dist[i, j]), "exact": bool(exact[i, j])}
-                          for j in twins],
-            })
+            leakage.append(
+                {
+                    "path": items[i].path,
+                    "class": items[i].cls,
+                    "exact": any(exact[i, j] for j in twins),
+                    "min_distance": int(min(dist[i, j] for j in twins)),
+                    "twins": [
+                        {
+                            "path": items[j].path,
+                            "class": items[j].cls,
+                            "distance": int(dist[i, j]),
+                            "exact": bool(exact[i, j]),
+                        }
+                        for j in twins
+                    ],
+                }
+            )
     n_test = sum(it.split == test_split for it in items) if test_split is not None else 0
     near_within = {
         s: int(sum(1 for a, b in within if items[a].split == s))

@@ -77,8 +77,14 @@ def confusion_matrix(cm: np.ndarray, classes: Sequence[str], path: Path, title: 
         for j in range(cm.shape[1]):
             value = cm[i, j]
             text = f"{value:.2f}" if np.issubdtype(cm.dtype, np.floating) else str(value)
-            ax.text(j, i, text, ha="center", va="center",
-                    color="white" if value > threshold else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                color="white" if value > threshold else "black",
+            )
     ax.set_title(title)
     _save(fig, path)
 

@@ -281,7 +281,8 @@ def end_dead_runs(experiment_id: str, keep: str | None = None) -> list[str]:
     client = MlflowClient()
     host = socket.gethostname()
     running = _retrying(
-        client.search_runs, [experiment_id],
+        client.search_runs,
+        [experiment_id],
         filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
         max_results=1000,
     )
@@ -442,8 +443,11 @@ def log_model_with_files(
         metadata=dict(metadata),
         # Stated, not inferred: MLflow's inference re-imports TensorFlow in a subprocess to
         # watch which modules load, ~20 s per export on this machine.
-        pip_requirements=[f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}",
-                          f"h5py=={_version('h5py')}"],
+        pip_requirements=[
+            f"tensorflow=={tf.__version__}",
+            f"keras=={keras.__version__}",
+            f"h5py=={_version('h5py')}",
+        ],
     )
     MlflowClient().log_model_artifacts(info.model_id, str(files_dir), "formats")
     mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, model_id=info.model_id)

@@ -46,8 +46,13 @@ def _inspect(path: Path, *, min_side: int, max_pixels: int) -> dict[str, Any]:
         rgb, info = open_image(path, min_side=min_side, max_pixels=max_pixels)
     except ImageRejected as exc:
         return {"ok": False, "reason": exc.reason, "detail": exc.detail}
-    return {"ok": True, "sha256": info.sha256, "width": info.width, "height": info.height,
-            "dhash": dhash(rgb)}
+    return {
+        "ok": True,
+        "sha256": info.sha256,
+        "width": info.width,
+        "height": info.height,
+        "dhash": dhash(rgb),
+    }
 
 
 def _size_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -61,9 +66,7 @@ def _size_stats(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def validate_dataset(
-    root: Path, data: DataConfig, splits: tuple[str, ...]
-) -> Validation:
+def validate_dataset(root: Path, data: DataConfig, splits: tuple[str, ...]) -> Validation:
     """Scan, decode and cross-check every file under ``root/<split>/<class>/``.
 
     Args:
@@ -83,11 +86,27 @@ def validate_dataset(
     for (split, cls, path), res in zip(scan.files, results, strict=True):
         rel = path.relative_to(root).as_posix()
         if res["ok"]:
-            rows.append({"path": rel, "class": cls, "split": split, "sha256": res["sha256"],
-                         "width": res["width"], "height": res["height"], "dhash": res["dhash"]})
+            rows.append(
+                {
+                    "path": rel,
+                    "class": cls,
+                    "split": split,
+                    "sha256": res["sha256"],
+                    "width": res["width"],
+                    "height": res["height"],
+                    "dhash": res["dhash"],
+                }
+            )
         else:
-            rejected.append({"path": rel, "class": cls, "split": split, "reason": res["reason"],
-                             "detail": res["detail"]})
+            rejected.append(
+                {
+                    "path": rel,
+                    "class": cls,
+                    "split": split,
+                    "reason": res["reason"],
+                    "detail": res["detail"],
+                }
+            )
 
     two = len(splits) == 2
     dups = find_duplicates(
@@ -139,48 +158,61 @@ def validate_dataset(
         "usable": not problems,
         "problems": problems,
     }
-    return Validation(root, splits, scan.classes, rows, rejected, scan.ignored, dups, report,
-                      problems)
+    return Validation(
+        root, splits, scan.classes, rows, rejected, scan.ignored, dups, report, problems
+    )
 
 
 def render_text(v: Validation, max_listed: int = 20) -> str:
     """A readable plain-text report (the ``imgclf validate`` output)."""
     r, d = v.report, v.duplicates["summary"]
-    lines = [f"Dataset {v.root}  ({'usable' if v.usable else 'NOT USABLE'})",
-             f"  classes: {', '.join(v.classes)}",
-             f"  files: {r['n_files']} found, {r['n_accepted']} accepted, "
-             f"{r['n_rejected']} rejected, {r['n_ignored']} hidden/system entries ignored"]
+    lines = [
+        f"Dataset {v.root}  ({'usable' if v.usable else 'NOT USABLE'})",
+        f"  classes: {', '.join(v.classes)}",
+        f"  files: {r['n_files']} found, {r['n_accepted']} accepted, "
+        f"{r['n_rejected']} rejected, {r['n_ignored']} hidden/system entries ignored",
+    ]
     width = max(len(c) for c in v.classes)
     lines.append("  accepted per class: " + "  ".join(f"[{s}]" for s in v.splits))
     for c in v.classes:
         lines.append(f"    {c:<{width}}  " + "  ".join(str(r["counts"][s][c]) for s in v.splits))
     if r["image_sizes"]:
         w, h = r["image_sizes"]["width"], r["image_sizes"]["height"]
-        lines.append(f"  sizes: width {w['min']}-{w['max']} (median {w['median']:.0f}), "
-                     f"height {h['min']}-{h['max']} (median {h['median']:.0f})")
+        lines.append(
+            f"  sizes: width {w['min']}-{w['max']} (median {w['median']:.0f}), "
+            f"height {h['min']}-{h['max']} (median {h['median']:.0f})"
+        )
     if v.rejected:
         lines.append("Rejected files:")
         lines += [f"  {x['path']}\t{x['reason']}\t{x['detail']}" for x in v.rejected]
     lines.append(f"Duplicates (near = dHash distance <= {d['near_dup_distance']}):")
-    lines.append(f"  exact groups: {d['exact_groups']} ({d['exact_groups_across_splits']} across "
-                 f"splits, {d['exact_groups_within_split']} within one split)")
-    lines.append(f"  near-duplicate pairs: {d['near_pairs']}; within-split groups: "
-                 f"{d['near_groups_within_split']} holding {d['files_in_near_groups']} files")
+    lines.append(
+        f"  exact groups: {d['exact_groups']} ({d['exact_groups_across_splits']} across "
+        f"splits, {d['exact_groups_within_split']} within one split)"
+    )
+    lines.append(
+        f"  near-duplicate pairs: {d['near_pairs']}; within-split groups: "
+        f"{d['near_groups_within_split']} holding {d['files_in_near_groups']} files"
+    )
     lines.append(f"  label conflicts (same image, different class): {d['label_conflicts']}")
     for c in v.duplicates["label_conflicts"][:max_listed]:
-        lines.append(f"    {c['a']} [{c['a_class']}] ~ {c['b']} [{c['b_class']}] "
-                     f"(distance {c['distance']})")
+        lines.append(
+            f"    {c['a']} [{c['a_class']}] ~ {c['b']} [{c['b_class']}] (distance {c['distance']})"
+        )
     if len(v.splits) == 2:
-        lines.append(f"Leakage: {d['leaky_test_files']} of {d['n_test']} test files have a "
-                     f"training twin ({d['leaky_test_files_exact']} byte-identical); "
-                     f"{d['leakfree_test_files']} are leak-free")
+        lines.append(
+            f"Leakage: {d['leaky_test_files']} of {d['n_test']} test files have a "
+            f"training twin ({d['leaky_test_files_exact']} byte-identical); "
+            f"{d['leakfree_test_files']} are leak-free"
+        )
         for item in v.duplicates["leakage"][:max_listed]:
             twins = ", ".join(f"{t['path']} (d={t['distance']})" for t in item["twins"][:3])
             more = len(item["twins"]) - 3
             lines.append(f"  {item['path']} <- {twins}" + (f" +{more} more" if more > 0 else ""))
         if len(v.duplicates["leakage"]) > max_listed:
-            lines.append(f"  ... {len(v.duplicates['leakage']) - max_listed} more "
-                         "(--json lists all)")
+            lines.append(
+                f"  ... {len(v.duplicates['leakage']) - max_listed} more (--json lists all)"
+            )
     for p in v.problems:
         lines.append(f"PROBLEM: {p}")
     return "\n".join(lines)
@@ -190,33 +222,48 @@ def render_card(v: Validation, figures: list[str]) -> str:
     """The dataset card (markdown): counts, rejects, duplicates, leakage, figures."""
     r, d = v.report, v.duplicates["summary"]
     out = [f"# Dataset card: {r['dataset']}", ""]
-    out += ["| class | " + " | ".join(v.splits) + " | rejected |",
-            "|---|" + "---|" * len(v.splits) + "---|"]
+    out += [
+        "| class | " + " | ".join(v.splits) + " | rejected |",
+        "|---|" + "---|" * len(v.splits) + "---|",
+    ]
     for c in v.classes:
         rej = sum(r["rejected_counts"][s][c] for s in v.splits)
-        out.append(f"| {c} | " + " | ".join(str(r["counts"][s][c]) for s in v.splits)
-                   + f" | {rej} |")
+        out.append(
+            f"| {c} | " + " | ".join(str(r["counts"][s][c]) for s in v.splits) + f" | {rej} |"
+        )
     reasons = ", ".join(f"{k}: {n}" for k, n in sorted(r["rejected_reasons"].items()))
-    out += ["", f"- files: {r['n_files']}, accepted {r['n_accepted']}, rejected "
-            f"{r['n_rejected']}" + (f" ({reasons})" if reasons else "")
-            + f", ignored hidden/system entries {r['n_ignored']}"]
+    out += [
+        "",
+        f"- files: {r['n_files']}, accepted {r['n_accepted']}, rejected "
+        f"{r['n_rejected']}"
+        + (f" ({reasons})" if reasons else "")
+        + f", ignored hidden/system entries {r['n_ignored']}",
+    ]
     if r["image_sizes"]:
         w, h = r["image_sizes"]["width"], r["image_sizes"]["height"]
-        out.append(f"- image width {w['min']}..{w['max']} px (median {w['median']:.0f}), "
-                   f"height {h['min']}..{h['max']} px (median {h['median']:.0f})")
-    out += ["", f"## Duplicates and leakage (near: dHash 8x9, Hamming distance <= "
-            f"{d['near_dup_distance']})", "",
-            f"- exact duplicate groups (sha256): {d['exact_groups']}, of which "
-            f"{d['exact_groups_across_splits']} span train and test",
-            f"- near-duplicate pairs: {d['near_pairs']}; near-duplicate groups within a split: "
-            f"{d['near_groups_within_split']} ({d['files_in_near_groups']} files), kept on one "
-            "side of the train/validation split",
-            f"- label conflicts: {d['label_conflicts']}"]
+        out.append(
+            f"- image width {w['min']}..{w['max']} px (median {w['median']:.0f}), "
+            f"height {h['min']}..{h['max']} px (median {h['median']:.0f})"
+        )
+    out += [
+        "",
+        f"## Duplicates and leakage (near: dHash 8x9, Hamming distance <= "
+        f"{d['near_dup_distance']})",
+        "",
+        f"- exact duplicate groups (sha256): {d['exact_groups']}, of which "
+        f"{d['exact_groups_across_splits']} span train and test",
+        f"- near-duplicate pairs: {d['near_pairs']}; near-duplicate groups within a split: "
+        f"{d['near_groups_within_split']} ({d['files_in_near_groups']} files), kept on one "
+        "side of the train/validation split",
+        f"- label conflicts: {d['label_conflicts']}",
+    ]
     if len(v.splits) == 2:
-        out.append(f"- **leakage: {d['leaky_test_files']} of {d['n_test']} test files have a "
-                   f"training twin** ({d['leaky_test_files_exact']} byte-identical); "
-                   f"{d['leakfree_test_files']} leak-free test files. `leakfree_accuracy` is "
-                   "measured on those; see leakage.json for each file and its twins.")
+        out.append(
+            f"- **leakage: {d['leaky_test_files']} of {d['n_test']} test files have a "
+            f"training twin** ({d['leaky_test_files_exact']} byte-identical); "
+            f"{d['leakfree_test_files']} leak-free test files. `leakfree_accuracy` is "
+            "measured on those; see leakage.json for each file and its twins."
+        )
     if v.rejected:
         out += ["", "## Rejected files", "", "| file | reason | detail |", "|---|---|---|"]
         out += [f"| {x['path']} | {x['reason']} | {x['detail']} |" for x in v.rejected]

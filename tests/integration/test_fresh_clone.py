@@ -39,8 +39,10 @@ def test_fresh_clone_pulls_and_reproduces(tmp_path):
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         # the clone's own code, not the editable install's
         "PYTHONPATH": str(clone / "src"),
-        "GIT_AUTHOR_NAME": "imgclf-test", "GIT_AUTHOR_EMAIL": "test@localhost",
-        "GIT_COMMITTER_NAME": "imgclf-test", "GIT_COMMITTER_EMAIL": "test@localhost",
+        "GIT_AUTHOR_NAME": "imgclf-test",
+        "GIT_AUTHOR_EMAIL": "test@localhost",
+        "GIT_COMMITTER_NAME": "imgclf-test",
+        "GIT_COMMITTER_EMAIL": "test@localhost",
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     env.pop("DVC_ROOT", None)
@@ -50,9 +52,21 @@ def test_fresh_clone_pulls_and_reproduces(tmp_path):
         n_files = sum(1 for p in (clone / "data" / "id-cards").rglob("*") if p.is_file())
         assert n_files == 750
         _run(
-            ["dvc", "exp", "run", "-S", "train.epochs=2", "-S", "data.image_height=48",
-             "-S", "data.image_width=72", "-S", "optimizer=sgd"],
-            clone, env,
+            [
+                "dvc",
+                "exp",
+                "run",
+                "-S",
+                "train.epochs=2",
+                "-S",
+                "data.image_height=48",
+                "-S",
+                "data.image_width=72",
+                "-S",
+                "optimizer=sgd",
+            ],
+            clone,
+            env,
         )
         metrics = json.loads((clone / "artifacts" / "evaluate" / "metrics.json").read_text())
         assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n_test"] == 150
@@ -61,9 +75,11 @@ def test_fresh_clone_pulls_and_reproduces(tmp_path):
         assert registered["version"] == "1"
         # The run went to the clone's own store, tagged with the experiment's name.
         db = sqlite3.connect(clone / "mlruns" / "mlflow.db")
-        tags = dict(db.execute(
-            "SELECT key, value FROM tags WHERE run_uuid = ?", (registered["run_id"],)
-        ).fetchall())
+        tags = dict(
+            db.execute(
+                "SELECT key, value FROM tags WHERE run_uuid = ?", (registered["run_id"],)
+            ).fetchall()
+        )
         db.close()
         assert tags.get("dvc_exp_name")
         assert tags.get("data_md5") == "8f325fb89260180ff3e41cf11862d9c2.dir"

@@ -32,14 +32,21 @@ def pipeline(tiny_dataset, tmp_path_factory):
     art = work / "artifacts"
     res = {
         "ingest": ingest.run(cfg, in_dir=tiny_dataset, out_dir=art / "ingest"),
-        "preprocess": preprocess.run(cfg, data_dir=tiny_dataset, ingest_dir=art / "ingest",
-                                     out_dir=art / "preprocess"),
+        "preprocess": preprocess.run(
+            cfg, data_dir=tiny_dataset, ingest_dir=art / "ingest", out_dir=art / "preprocess"
+        ),
         "train": train.run(cfg, in_dir=art / "preprocess", out_dir=art / "train"),
     }
-    res["evaluate"] = evaluate.run(cfg, preprocess_dir=art / "preprocess",
-                                   train_dir=art / "train", out_dir=art / "evaluate")
-    res["export"] = export.run(cfg, preprocess_dir=art / "preprocess", train_dir=art / "train",
-                               evaluate_dir=art / "evaluate", out_dir=art / "export")
+    res["evaluate"] = evaluate.run(
+        cfg, preprocess_dir=art / "preprocess", train_dir=art / "train", out_dir=art / "evaluate"
+    )
+    res["export"] = export.run(
+        cfg,
+        preprocess_dir=art / "preprocess",
+        train_dir=art / "train",
+        evaluate_dir=art / "evaluate",
+        out_dir=art / "export",
+    )
     mlflow.set_tracking_uri(uri)
     yield {"cfg": cfg, "art": art, "res": res, "uri": uri, "data": tiny_dataset}
     mp.undo()
@@ -83,7 +90,8 @@ def test_preprocess_caches_tensors_and_plots(pipeline):
             sides.setdefault(r["group"], set()).add(r["subset"])
     assert max(map(len, sides.values())) == 1 and len(sides) == 43
     assert [r["path"] for r in rows if r["leak"] == "1" and r["subset"] == "test"] == [
-        "Testing_Data/beta/beta_04.png"]
+        "Testing_Data/beta/beta_04.png"
+    ]
     for name in ("class_counts.png", "sample_grid.png"):
         assert (art / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -125,7 +133,8 @@ def test_mlflow_run_has_params_epochs_tags_and_figures(pipeline):
         assert len(client.get_metric_history(run.info.run_id, key)) == epochs
     assert run.data.metrics["test_accuracy"] == pytest.approx(pipeline["res"]["evaluate"].accuracy)
     assert run.data.metrics["test_leakfree_accuracy"] == pytest.approx(
-        pipeline["res"]["evaluate"].leakfree_accuracy)
+        pipeline["res"]["evaluate"].leakfree_accuracy
+    )
     assert run.data.metrics["test_n_leakfree"] == 17
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
     assert "evaluate/confusion_matrix.png" in names and "evaluate/learning_curves.png" in names
@@ -138,8 +147,11 @@ def test_registered_version_holds_an_h5_that_predicts(pipeline, tmp_path):
     mv = client.get_model_version_by_alias("tiny-model", "champion")
     assert str(mv.version) == "1"
     assert mv.tags["git_commit"] and mv.tags["data_md5"]
-    local = Path(mlflow.artifacts.download_artifacts(f"models:/tiny-model/{mv.version}",
-                                                     dst_path=str(tmp_path)))
+    local = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/tiny-model/{mv.version}", dst_path=str(tmp_path)
+        )
+    )
     # The MLflow model's own .h5, plus formats/ with every exported format (issue 6).
     h5_files = sorted(p.relative_to(local).as_posix() for p in local.rglob("*.h5"))
     assert h5_files == ["data/model.h5", "formats/model.h5"]
@@ -154,8 +166,13 @@ def test_registered_version_holds_an_h5_that_predicts(pipeline, tmp_path):
 
 def test_second_export_moves_challenger_only(pipeline):
     p, cfg = pipeline, pipeline["cfg"]
-    again = export.run(cfg, preprocess_dir=p["art"] / "preprocess", train_dir=p["art"] / "train",
-                       evaluate_dir=p["art"] / "evaluate", out_dir=p["art"] / "export2")
+    again = export.run(
+        cfg,
+        preprocess_dir=p["art"] / "preprocess",
+        train_dir=p["art"] / "train",
+        evaluate_dir=p["art"] / "evaluate",
+        out_dir=p["art"] / "export2",
+    )
     client = MlflowClient(p["uri"])
     assert again.version == "2" and again.aliases == ["challenger"]
     assert str(client.get_model_version_by_alias("tiny-model", "champion").version) == "1"
@@ -180,8 +197,14 @@ def test_predict_cli_with_registry_uri_and_file(pipeline, capsys):
 
 def test_predict_lists_unreadable_files(pipeline, tmp_path, capsys):
     (tmp_path / "note.jpg").write_text("not an image")
-    code = cli.main(["predict", str(tmp_path), "--model",
-                     str(pipeline["art"] / "export" / "formats" / "model.keras")])
+    code = cli.main(
+        [
+            "predict",
+            str(tmp_path),
+            "--model",
+            str(pipeline["art"] / "export" / "formats" / "model.keras"),
+        ]
+    )
     assert code == 1
     assert "note.jpg\tERROR\tnot_an_image" in capsys.readouterr().out
 
@@ -198,18 +221,26 @@ def test_no_absolute_paths_in_params_tags_or_artifacts(pipeline, tmp_path):
     """Runs are shared: what they record must not reveal home folders, local paths or secrets."""
     client = MlflowClient(pipeline["uri"])
     exp_ids = [e.experiment_id for e in client.search_experiments()]
-    forbidden = {str(pipeline["art"].parent), str(pipeline["data"]), str(REPO_ROOT),
-                 str(Path.home()), str(Path.cwd())}
+    forbidden = {
+        str(pipeline["art"].parent),
+        str(pipeline["data"]),
+        str(REPO_ROOT),
+        str(Path.home()),
+        str(Path.cwd()),
+    }
     runs = client.search_runs(exp_ids)
     assert len(runs) >= 2  # ingest's run and train's run
     seen = 0
     for run in runs:
         texts = {f"param {k}": v for k, v in run.data.params.items()}
         texts |= {f"tag {k}": v for k, v in run.data.tags.items()}
-        local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id,
-                                                         dst_path=str(tmp_path / run.info.run_id)))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run.info.run_id, dst_path=str(tmp_path / run.info.run_id)
+            )
+        )
         for f in local.rglob("*"):
-            if f.is_file() and f.suffix in (".json", ".yaml", ".txt", ".md", ".csv", "") :
+            if f.is_file() and f.suffix in (".json", ".yaml", ".txt", ".md", ".csv", ""):
                 texts[f"artifact {f.relative_to(local)}"] = f.read_text(errors="replace")
                 seen += 1
         for where, text in texts.items():

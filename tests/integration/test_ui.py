@@ -35,16 +35,22 @@ def test_ui_serves_the_project_store(tmp_path, monkeypatch):
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "DVC_ROOT")}
     exe = str(Path(sys.executable).with_name("imgclf"))
-    proc = subprocess.Popen([exe, "ui", "--port", str(port)], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [exe, "ui", "--port", str(port)],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         body = None
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline and proc.poll() is None:
             try:
                 req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={run_id}")
+                    f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={run_id}"
+                )
                 with urllib.request.urlopen(req, timeout=5) as resp:
                     body = json.loads(resp.read())
                 break

@@ -66,8 +66,7 @@ def messy(tmp_path):
     Image.fromarray(np.full((40, 50), 40000, np.uint16)).save(good / "deep16.png")
     exif = Image.Exif()
     exif[0x0112] = 6
-    Image.fromarray(smooth_image(10)).save(good / "rotated.jpg", format="JPEG",
-                                           exif=exif.tobytes())
+    Image.fromarray(smooth_image(10)).save(good / "rotated.jpg", format="JPEG", exif=exif.tobytes())
     _save(smooth_image(11), good / "führerschein_é.png")
     for hidden in (".DS_Store", "._0.png", "Thumbs.db"):
         (good / hidden).write_bytes(b"junk")
@@ -94,9 +93,13 @@ def test_validate_lists_each_bad_file_with_its_reason(messy, capsys):
     code, rep = _validate_json(capsys, root, "--params", params)
     assert code == 0 and rep["usable"]
     reasons = {r["path"].rsplit("/", 1)[1]: r["reason"] for r in rep["rejected"]}
-    assert reasons == {"zero.jpg": images.EMPTY_FILE, "text.jpg": images.NOT_AN_IMAGE,
-                       "cut.jpg": images.UNDECODABLE, "dot.png": images.TOO_SMALL,
-                       "bomb.png": images.TOO_LARGE}
+    assert reasons == {
+        "zero.jpg": images.EMPTY_FILE,
+        "text.jpg": images.NOT_AN_IMAGE,
+        "cut.jpg": images.UNDECODABLE,
+        "dot.png": images.TOO_SMALL,
+        "bomb.png": images.TOO_LARGE,
+    }
     assert rep["n_ignored"] == 4
     assert rep["counts"] == {TRAIN: {"cards": 4, "letters": 9}, TEST: {"cards": 3, "letters": 3}}
     assert rep["layout"] == "train_test"
@@ -135,8 +138,10 @@ def test_validate_single_folder_of_classes(tmp_path, capsys):
     assert rep["duplicates"]["n_test"] == 0
 
 
-@pytest.mark.parametrize("case", ["empty_class", "class_in_one_split", "escaping_symlink",
-                                  "missing_test_split", "missing_root"])
+@pytest.mark.parametrize(
+    "case",
+    ["empty_class", "class_in_one_split", "escaping_symlink", "missing_test_split", "missing_root"],
+)
 def test_unusable_layouts_exit_2_naming_the_folder(tmp_path, capsys, caplog, case):
     root = clean_dataset(tmp_path / "ds")
     if case == "empty_class":
@@ -174,8 +179,9 @@ def test_symlink_inside_the_root_is_followed(tmp_path, capsys):
     assert rep["duplicates"]["exact_groups"] == 1
 
 
-def test_ingest_over_the_limit_fails_its_mlflow_run_and_keeps_the_report(messy, tmp_path,
-                                                                          mlflow_store):
+def test_ingest_over_the_limit_fails_its_mlflow_run_and_keeps_the_report(
+    messy, tmp_path, mlflow_store
+):
     root, _ = messy
     cfg = tiny_config(data={"min_side": 8, "max_rejected_fraction": 0.1})
     out = tmp_path / "ingest"
@@ -203,13 +209,15 @@ def test_ingest_index_marks_leaky_test_files_and_groups(messy, tmp_path):
     assert rows[f"{TRAIN}/letters/rotated.jpg"]["height"] == "180"  # EXIF applied
 
 
-def test_ingest_cli_over_the_limit_exits_2_with_one_line(messy, tmp_path, mlflow_store, caplog,
-                                                         capsys):
+def test_ingest_cli_over_the_limit_exits_2_with_one_line(
+    messy, tmp_path, mlflow_store, caplog, capsys
+):
     root, _ = messy
     params = tmp_path / "limits.yaml"
     params.write_text("data:\n  min_side: 8\n  max_rejected_fraction: 0.1\n  workers: 1\n")
-    code = cli.main(["ingest", "--params", str(params), "--data", str(root), "--out",
-                     str(tmp_path / "out")])
+    code = cli.main(
+        ["ingest", "--params", str(params), "--data", str(root), "--out", str(tmp_path / "out")]
+    )
     out = capsys.readouterr()
     assert code == 2
     assert "5 of 24 files rejected (20.8% > data.max_rejected_fraction=10.0%)" in caplog.text

@@ -88,14 +88,16 @@ def leakage_metrics(
     out["leaky_accuracy"] = float(ok[leak].mean()) if leak.any() else None
     out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
     out["confusion_matrix_leakfree"] = (
-        confusion_matrix(y_true[free], y_pred[free], labels=labels).tolist() if free.any()
+        confusion_matrix(y_true[free], y_pred[free], labels=labels).tolist()
+        if free.any()
         else [[0] * len(labels) for _ in labels]
     )
     return out
 
 
-def _write_predictions(path: Path, classes: list[str], y_true: np.ndarray, y_pred: np.ndarray,
-                       probs: np.ndarray) -> None:
+def _write_predictions(
+    path: Path, classes: list[str], y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray
+) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["actual", "predicted", "probability"])
@@ -115,8 +117,12 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) 
         "macro_f1": float(np.mean(f1)),
         "n_test": int(len(y_true)),
         "per_class": {
-            cls: {"precision": float(precision[i]), "recall": float(recall[i]),
-                  "f1": float(f1[i]), "support": int(support[i])}
+            cls: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, cls in enumerate(classes)
         },
     }
@@ -147,44 +153,72 @@ def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) ->
     write_json(out_dir / "confusion.json", {"classes": classes, **confusion})
     top = probs.max(axis=1)
     _write_predictions(out_dir / "predictions.csv", classes, y_test, y_pred, top)
-    _write_predictions(out_dir / "predictions_leakfree.csv", classes, y_test[free], y_pred[free],
-                       top[free])
+    _write_predictions(
+        out_dir / "predictions_leakfree.csv", classes, y_test[free], y_pred[free], top[free]
+    )
     lf = metrics["leakfree_accuracy"]
     for name, key, title in (
-        ("confusion_matrix.png", "confusion_matrix",
-         f"Test set (n={len(y_test)}), accuracy {metrics['accuracy']:.3f}"),
-        ("confusion_matrix_leakfree.png", "confusion_matrix_leakfree",
-         f"Leak-free test (n={int(free.sum())}), accuracy "
-         + ("n/a" if lf is None else f"{lf:.3f}")),
+        (
+            "confusion_matrix.png",
+            "confusion_matrix",
+            f"Test set (n={len(y_test)}), accuracy {metrics['accuracy']:.3f}",
+        ),
+        (
+            "confusion_matrix_leakfree.png",
+            "confusion_matrix_leakfree",
+            f"Leak-free test (n={int(free.sum())}), accuracy "
+            + ("n/a" if lf is None else f"{lf:.3f}"),
+        ),
     ):
         cm = np.array(confusion[key], dtype=np.int64)
         shown = cm.astype(np.float64) / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-        plots.confusion_matrix(shown if cfg.evaluate.normalize_confusion else cm, classes,
-                               out_dir / name, title)
+        plots.confusion_matrix(
+            shown if cfg.evaluate.normalize_confusion else cm, classes, out_dir / name, title
+        )
     plots.learning_curves(read_history(train_dir / "history.csv"), out_dir / "learning_curves.png")
 
     run_info = read_json(train_dir / "run.json")
-    flat = {"test_accuracy": metrics["accuracy"], "test_macro_f1": metrics["macro_f1"],
-            "test_n": metrics["n_test"], "test_n_leakfree": metrics["n_leakfree"],
-            "test_accuracy_ci95_low": metrics["accuracy_ci95_low"],
-            "test_accuracy_ci95_high": metrics["accuracy_ci95_high"],
-            "test_leakfree_accuracy_ci95_low": metrics["leakfree_accuracy_ci95_low"],
-            "test_leakfree_accuracy_ci95_high": metrics["leakfree_accuracy_ci95_high"]}
+    flat = {
+        "test_accuracy": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "test_n": metrics["n_test"],
+        "test_n_leakfree": metrics["n_leakfree"],
+        "test_accuracy_ci95_low": metrics["accuracy_ci95_low"],
+        "test_accuracy_ci95_high": metrics["accuracy_ci95_high"],
+        "test_leakfree_accuracy_ci95_low": metrics["leakfree_accuracy_ci95_low"],
+        "test_leakfree_accuracy_ci95_high": metrics["leakfree_accuracy_ci95_high"],
+    }
     if lf is not None:
-        flat |= {"test_leakfree_accuracy": lf,
-                 "test_leakfree_macro_f1": metrics["leakfree_macro_f1"]}
+        flat |= {
+            "test_leakfree_accuracy": lf,
+            "test_leakfree_macro_f1": metrics["leakfree_macro_f1"],
+        }
     for cls, m in metrics["per_class"].items():
-        flat |= {f"test_{cls}_precision": m["precision"], f"test_{cls}_recall": m["recall"],
-                 f"test_{cls}_f1": m["f1"]}
+        flat |= {
+            f"test_{cls}_precision": m["precision"],
+            f"test_{cls}_recall": m["recall"],
+            f"test_{cls}_f1": m["f1"],
+        }
     with tracking.reopen_run(run_info["run_id"], cfg.mlflow.experiment_name, lineage_tags()):
         tracking.log_metrics(flat)
-        for name in ("metrics.json", "confusion.json", "predictions.csv",
-                     "predictions_leakfree.csv", "confusion_matrix.png",
-                     "confusion_matrix_leakfree.png", "learning_curves.png"):
+        for name in (
+            "metrics.json",
+            "confusion.json",
+            "predictions.csv",
+            "predictions_leakfree.csv",
+            "confusion_matrix.png",
+            "confusion_matrix_leakfree.png",
+            "learning_curves.png",
+        ):
             tracking.log_artifact(out_dir / name, "evaluate")
-    log.info("evaluate: accuracy %.4f, macro F1 %.4f on %d test images; leak-free accuracy %s "
-             "on %d", metrics["accuracy"], metrics["macro_f1"], len(y_test),
-             "n/a" if lf is None else f"{lf:.4f}", int(free.sum()))
-    return EvaluateResult(metrics["accuracy"], metrics["macro_f1"], len(y_test), metrics_path,
-                          lf, int(free.sum()))
-
+    log.info(
+        "evaluate: accuracy %.4f, macro F1 %.4f on %d test images; leak-free accuracy %s on %d",
+        metrics["accuracy"],
+        metrics["macro_f1"],
+        len(y_test),
+        "n/a" if lf is None else f"{lf:.4f}",
+        int(free.sum()),
+    )
+    return EvaluateResult(
+        metrics["accuracy"], metrics["macro_f1"], len(y_test), metrics_path, lf, int(free.sum())
+    )

@@ -106,8 +106,13 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, track: bool = True) -> Inge
     files = [index_path, report_path, out_dir / "leakage.json", *write_card(v, out_dir)]
     log.info(
         "ingest: %d accepted, %d rejected, %d ignored; %d exact groups across splits, %d of %d "
-        "test files leak (dHash distance <= %d)", len(v.rows), len(v.rejected), len(v.ignored),
-        summary["exact_groups_across_splits"], summary["leaky_test_files"], summary["n_test"],
+        "test files leak (dHash distance <= %d)",
+        len(v.rows),
+        len(v.rejected),
+        len(v.ignored),
+        summary["exact_groups_across_splits"],
+        summary["leaky_test_files"],
+        summary["n_test"],
         data.near_dup_distance,
     )
 
@@ -116,9 +121,17 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, track: bool = True) -> Inge
         run_id = _track(cfg, v, files)  # raises inside the run, so it ends FAILED
     else:
         check_limits(v, report_path)
-    return IngestResult(v.classes, len(v.rows), len(v.rejected), len(v.ignored), index_path,
-                        report_path, summary["leaky_test_files"],
-                        summary["exact_groups_across_splits"], run_id)
+    return IngestResult(
+        v.classes,
+        len(v.rows),
+        len(v.rejected),
+        len(v.ignored),
+        index_path,
+        report_path,
+        summary["leaky_test_files"],
+        summary["exact_groups_across_splits"],
+        run_id,
+    )
 
 
 def _track(cfg: Config, v: Validation, files: list[Path]) -> str:
@@ -128,11 +141,23 @@ def _track(cfg: Config, v: Validation, files: list[Path]) -> str:
     from imgclf.lineage import lineage_tags
 
     s = v.duplicates["summary"]
-    metrics = {k: s[k] for k in ("exact_groups", "exact_groups_across_splits", "near_pairs",
-                                 "label_conflicts", "leaky_test_files", "leaky_test_files_exact",
-                                 "leakfree_test_files")}
-    metrics |= {"n_files": v.report["n_files"], "n_rejected": v.report["n_rejected"],
-                "n_ignored": v.report["n_ignored"]}
+    metrics = {
+        k: s[k]
+        for k in (
+            "exact_groups",
+            "exact_groups_across_splits",
+            "near_pairs",
+            "label_conflicts",
+            "leaky_test_files",
+            "leaky_test_files_exact",
+            "leakfree_test_files",
+        )
+    }
+    metrics |= {
+        "n_files": v.report["n_files"],
+        "n_rejected": v.report["n_rejected"],
+        "n_ignored": v.report["n_ignored"],
+    }
     out_dir = files[0].parent
     tags = {**lineage_tags(), "imgclf.stage": "ingest"}
     with tracking.start_run(cfg.mlflow.experiment_name, run_name="ingest", tags=tags) as run_id:

@@ -122,8 +122,9 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
     }
     write_json(out_dir / "counts.json", per_class)
     plots.class_counts(per_class, out_dir / "class_counts.png")
-    plots.sample_grid(arrays["x_train"], arrays["y_train"].tolist(), classes,
-                      out_dir / "sample_grid.png")
+    plots.sample_grid(
+        arrays["x_train"], arrays["y_train"].tolist(), classes, out_dir / "sample_grid.png"
+    )
     counts = {s: len(subsets[s]) for s in SUBSETS}
     log.info("preprocess: %s at %dx%d", counts, data.image_height, data.image_width)
     return PreprocessResult(classes, counts, dataset_path)

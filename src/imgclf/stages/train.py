@@ -113,7 +113,10 @@ def _restore(ckpt: resume.Checkpointer, model: Any, experiment: str) -> resume.R
 
 
 def _start_logging(
-    state: resume.ResumeState, run_id: str, params: dict[str, Any], classes: list[str],
+    state: resume.ResumeState,
+    run_id: str,
+    params: dict[str, Any],
+    classes: list[str],
     model: Any,
 ) -> None:
     """Params, tags and model summary; on a resume, also the epochs the kill kept from MLflow."""
@@ -210,14 +213,21 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
             callbacks = [
                 keras.callbacks.TerminateOnNaN(),
                 resume.make_callback(
-                    ckpt, state, monitor=cfg.train.monitor, patience=cfg.train.patience,
+                    ckpt,
+                    state,
+                    monitor=cfg.train.monitor,
+                    patience=cfg.train.patience,
                     on_epoch=lambda epoch, logs: tracking.log_metrics(logs, step=epoch),
                 ),
             ]
             if not state.finished(cfg.train.epochs):
                 model.fit(
-                    train_ds, validation_data=val_ds, epochs=cfg.train.epochs,
-                    initial_epoch=state.epochs_done, callbacks=callbacks, verbose=2,
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=cfg.train.epochs,
+                    initial_epoch=state.epochs_done,
+                    callbacks=callbacks,
+                    verbose=2,
                 )
             best_path = ckpt.best_weights()
             if state.diverged or state.epochs_done == 0 or best_path is None:
@@ -236,19 +246,33 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
                 "n_val": int(len(arrays["y_val"])),
             }
             tracking.log_metrics(
-                {"best_epoch": summary["best_epoch"], "best_val_accuracy": summary["val_accuracy"],
-                 "best_val_loss": summary["val_loss"]}
+                {
+                    "best_epoch": summary["best_epoch"],
+                    "best_val_accuracy": summary["val_accuracy"],
+                    "best_val_loss": summary["val_loss"],
+                }
             )
             model_path = out_dir / "model.keras"
             with atomic_path(model_path) as tmp:
                 model.save(tmp)
             write_history(out_dir / "history.csv", history)
             write_json(out_dir / "train.json", summary)
-            write_json(out_dir / "run.json",
-                       {"run_id": run_id, "experiment": cfg.mlflow.experiment_name})
+            write_json(
+                out_dir / "run.json", {"run_id": run_id, "experiment": cfg.mlflow.experiment_name}
+            )
         # Only now, with every output written and the run FINISHED, is the checkpoint spent.
         ckpt.discard()
-    log.info("train: best epoch %d of %d, val_accuracy %.4f", summary["best_epoch"],
-             summary["epochs_run"], summary["val_accuracy"])
-    return TrainResult(run_id, int(summary["best_epoch"]), int(summary["epochs_run"]),
-                       float(summary["val_accuracy"]), float(summary["val_loss"]), model_path)
+    log.info(
+        "train: best epoch %d of %d, val_accuracy %.4f",
+        summary["best_epoch"],
+        summary["epochs_run"],
+        summary["val_accuracy"],
+    )
+    return TrainResult(
+        run_id,
+        int(summary["best_epoch"]),
+        int(summary["epochs_run"]),
+        float(summary["val_accuracy"]),
+        float(summary["val_loss"]),
+        model_path,
+    )
