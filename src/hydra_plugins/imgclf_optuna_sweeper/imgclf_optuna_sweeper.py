@@ -15,42 +15,16 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from imgclf.sweep_settings import PrunerSettings, SamplerSettings, StudySettings
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SamplerConf:
-    name: str = "tpe"  # tpe | random; re-seeded per trial with seed + trial number
-    seed: int = 42
-    n_startup_trials: int = 5  # tpe: random trials before the model kicks in
+class ImgclfOptunaSweeperConf(StudySettings):
+    """StudySettings (study, storage, objective, sampler, pruner, heartbeats) plus these keys."""
 
-
-@dataclass
-class PrunerConf:
-    name: str = "median"  # median | hyperband | none
-    n_startup_trials: int = 3  # median: completed trials before anything is pruned
-    n_warmup_steps: int = 2  # median: epochs before a trial can be pruned
-    min_resource: int = 2  # hyperband: epochs every trial gets
-    reduction_factor: int = 3  # hyperband
-
-
-@dataclass
-class ImgclfOptunaSweeperConf:
     _target_: str = "hydra_plugins.imgclf_optuna_sweeper.imgclf_optuna_sweeper.ImgclfOptunaSweeper"
-    study_name: str = "imgclf"
-    # RDB URL shared by every process of the sweep; null: sqlite optuna.db beside the MLflow store
-    storage: str | None = None
-    objective: str = "val_accuracy"  # val_accuracy | val_loss, at the best epoch on validation
-    direction: str = "maximize"
-    n_trials: int = 20  # done (COMPLETE + PRUNED) trials in the study, across launches
-    sampler: SamplerConf = field(default_factory=SamplerConf)
-    pruner: PrunerConf = field(default_factory=PrunerConf)
-    heartbeat_interval: int = 30  # seconds between a running trial's heartbeats
-    grace_period: int = 120  # a RUNNING trial silent this long is failed and retried
-    max_retry: int = 1
-    # 0: no limit; else restart this process (same command) after that many trials: TensorFlow
-    # keeps ~20 MiB per trained model, and the new process resumes the study
-    max_trials_per_process: int = 0
     # Where the best overrides go; null: <primary conf dir>/experiment/best.yaml
     best_config: str | None = None
     # The search space: key -> Hydra override grammar (choice, range, interval, tag(log, ...))
@@ -84,7 +58,6 @@ class ImgclfOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from imgclf.study import PrunerSettings, SamplerSettings, StudySettings
         from imgclf.sweep import optimize
 
         assert self.config is not None and self.hydra_context is not None
