@@ -311,8 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--format",
         choices=FORMAT_NAMES,
         default=None,
-        help="which exported file to use (default: h5 for a URI or export folder, "
-        "the file's own format for a file); all give the same answers",
+        help="which exported file to use (default: onnx, else h5, for a URI or export "
+        "folder; the file's own format for a file); all give the same answers",
     )
     p = sub.add_parser(
         "promote",
@@ -357,11 +357,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup(args.verbose)
     from imgclf.config import ConfigError
     from imgclf.dataset import DatasetError
+    from imgclf.errors import ExportError, IngestError, PromotionError
     from imgclf.predict import DEFAULT_MODEL_URI, ModelLoadError
-    from imgclf.promote import PromotionError
     from imgclf.resume import TrainingBusyError
-    from imgclf.stages.export import ExportError
-    from imgclf.stages.ingest import IngestError
 
     expected: tuple[type[BaseException], ...] = (
         ConfigError,

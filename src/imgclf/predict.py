@@ -16,6 +16,10 @@ from imgclf.images import ImageRejected, load_resized
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_URI = "models:/idcards@champion"
+# A registry URI or export folder with no --format: the first of these the version holds as
+# valid. ONNX Runtime starts in a fraction of a second, TensorFlow in about ten on 2 cores,
+# and export has checked that every format gives the Keras model's labels.
+DEFAULT_FORMATS = ("onnx", "h5")
 
 
 class ModelLoadError(RuntimeError):
@@ -47,8 +51,9 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
     Args:
         spec: an MLflow URI (``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``), an export
             folder (``artifacts/export``), or one exported file / SavedModel folder.
-        fmt: ``h5`` | ``keras`` | ``saved_model`` | ``tflite`` | ``onnx``; default ``h5`` for a
-            URI or folder, the file's own format for a file.
+        fmt: ``h5`` | ``keras`` | ``saved_model`` | ``tflite`` | ``onnx``; default: the first
+            of :data:`DEFAULT_FORMATS` that a URI or folder holds, the file's own format for a
+            file.
 
     A folder or file is checked against the ``manifest.json`` export wrote beside it; class
     names come from ``classes.json`` there. A file with no manifest loads with a warning.
@@ -56,7 +61,7 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
     from imgclf.formats import MANIFEST, IntegrityError, format_of, load_predictor
 
     if spec.startswith("models:/"):
-        return _load_registered(spec, fmt or "h5")
+        return _load_registered(spec, fmt)
     path = Path(spec)
     if not path.exists():
         # Only the registry or a file the user names: never a run, bucket or web address that
@@ -65,8 +70,16 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
             f"{spec}: no such model file or folder, and not a registry URI "
             "(models:/NAME@ALIAS or models:/NAME/VERSION)"
         )
+    if (
+        path.is_dir()
+        and not (path / MANIFEST).is_file()
+        and (path / "formats" / MANIFEST).is_file()
+    ):
+        path = path / "formats"  # the export stage's folder: its files are in formats/
     if path.is_dir() and (path / MANIFEST).is_file():
-        root, fmt = path, fmt or "h5"
+        listed = read_json(path / MANIFEST)
+        held = [f for f in FORMAT_FILES if any(k.split("/")[0] == FORMAT_FILES[f] for k in listed)]
+        root, fmt = path, fmt or _default_format(held, str(path))
         rel = FORMAT_FILES[fmt]
     else:
         own = format_of(path)
@@ -100,7 +113,19 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
     return LoadedModel(predictor, classes, height, width, str(root / rel), fmt)
 
 
-def _load_registered(uri: str, fmt: str) -> LoadedModel:
+def _default_format(held: list[str], where: str) -> str:
+    for fmt in DEFAULT_FORMATS:
+        if fmt in held:
+            return fmt
+    if held:
+        return held[0]
+    raise ModelLoadError(
+        f"{where}: holds no model file that passed its export check; "
+        "register a new version (`make repro`) or pass --model FILE"
+    )
+
+
+def _load_registered(uri: str, fmt: str | None) -> LoadedModel:
     from imgclf import registry, tracking
     from imgclf.formats import IntegrityError
 
@@ -111,6 +136,7 @@ def _load_registered(uri: str, fmt: str) -> LoadedModel:
         raise ModelLoadError(
             f"{uri}: {exc}. Run `make repro` to train and register a model, or pass --model FILE"
         ) from exc
+    fmt = fmt or _default_format(registry.valid_formats(info), f"{uri} (version {info.version})")
     try:
         predictor = registry.load_version(info, fmt)
     except IntegrityError as exc:

@@ -21,6 +21,7 @@ import numpy as np
 
 from imgclf import registry, tracking
 from imgclf.config import Config
+from imgclf.errors import PromotionError
 from imgclf.fileio import read_json
 from imgclf.stages.evaluate import compute_metrics, leakage_metrics, read_leak_flags
 from imgclf.stages.preprocess import load_dataset
@@ -29,10 +30,6 @@ from imgclf.tracking import VersionInfo
 log = logging.getLogger(__name__)
 
 SHOWN_METRICS = ("accuracy", "leakfree_accuracy", "macro_f1", "leakfree_macro_f1")
-
-
-class PromotionError(RuntimeError):
-    """Promotion cannot even be judged (no candidate, no reason for --force, stale data)."""
 
 
 @dataclass

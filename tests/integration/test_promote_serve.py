@@ -200,6 +200,9 @@ def test_every_format_predicts_the_same_through_predict(reg, capsys):
         assert [r["label"] for r in rows] == [r["label"] for r in answers["h5"]], fmt
         probs = np.array([[r["probabilities"][c] for c in TINY_CLASSES] for r in rows])
         np.testing.assert_allclose(probs, keras_probs, atol=1e-4, err_msg=fmt)
+    # No --format: ONNX (fast start-up), from the registry and from the export folder alike.
+    assert load_model(f"models:/{NAME}/2").format == "onnx"
+    assert load_model(str(reg["art"] / "export")).format == "onnx"
     # The registry's copy of each format gives the same answers as the export folder's.
     onnx = load_model(f"models:/{NAME}/2", "onnx")
     x = preprocess.load_dataset(reg["art"] / "preprocess" / "dataset.npz")["x_test"]
@@ -233,6 +236,10 @@ def test_failed_parity_is_not_registered_as_valid(reg):
         assert not (art / "export_strict" / "formats" / FORMAT_FILES[fmt]).exists()
         with pytest.raises(ModelLoadError, match=f"no valid {fmt}"):
             load_model(f"models:/{NAME}/{res.version}", fmt)
+    # With no --format, predict and serve take the ONNX file where it passed, else the .h5.
+    fallback = "h5" if "onnx" in failed else "onnx"
+    assert load_model(f"models:/{NAME}/{res.version}").format == fallback
+    assert load_model(str(art / "export_strict")).format == fallback
     tracking.delete_version(NAME, res.version)  # keep the other tests' registry as it was
     tracking.set_alias(NAME, "challenger", "2")
 

@@ -32,6 +32,7 @@ import numpy as np
 
 from imgclf import registry, tracking
 from imgclf.config import Config
+from imgclf.errors import ExportError
 from imgclf.fileio import read_json, write_json
 from imgclf.formats import FORMAT_FILES, MANIFEST, REQUIRED_FORMATS, export_and_check, hash_tree
 from imgclf.lineage import lineage_tags
@@ -40,10 +41,6 @@ from imgclf.stages.preprocess import load_dataset
 log = logging.getLogger(__name__)
 
 FORMATS_DIR = "formats"
-
-
-class ExportError(RuntimeError):
-    """A required format failed its check; nothing was registered."""
 
 
 @dataclass

@@ -25,6 +25,7 @@ import numpy as np
 
 from imgclf import plots
 from imgclf.config import Config
+from imgclf.errors import IngestError
 from imgclf.fileio import write_json, write_text
 from imgclf.images import ImageRejected, load_resized
 from imgclf.validate import Validation, render_card, validate_dataset
@@ -34,10 +35,6 @@ log = logging.getLogger(__name__)
 INDEX_FIELDS = ("path", "class", "split", "sha256", "width", "height", "dhash", "group", "leak")
 CARD_FIGURES = ("class_counts.png", "sample_grid.png", "image_sizes.png")
 SAMPLES_PER_CLASS = 6
-
-
-class IngestError(RuntimeError):
-    """The dataset failed a configured limit."""
 
 
 @dataclass
