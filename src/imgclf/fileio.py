@@ -31,14 +31,15 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         yield tmp
         if tmp.is_dir():
             raise IsADirectoryError(tmp)
-        _fsync(tmp)  # the bytes reach the disk before the name does (power loss, not just kill)
+        fsync(tmp)  # the bytes reach the disk before the name does (power loss, not just kill)
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
 
 
-def _fsync(path: Path) -> None:
+def fsync(path: Path) -> None:
+    """Flush a file's bytes, or a folder's entries, to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

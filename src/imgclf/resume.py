@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from imgclf.fileio import read_json, write_json
+from imgclf.fileio import fsync, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -195,12 +195,12 @@ class Checkpointer:
         else:
             shutil.copyfile(previous_best, tmp / BEST_WEIGHTS)
         write_json(tmp / STATE_NAME, asdict(state))
-        _fsync_dir(tmp)
+        fsync(tmp)
         final = self.root / name
         if final.exists():  # the same epoch again after a kill between rename and cleanup
             shutil.rmtree(final)
         os.rename(tmp, final)  # the commit point
-        _fsync_dir(self.root)
+        fsync(self.root)
         for old in self._checkpoints():
             if old != final:
                 shutil.rmtree(old, ignore_errors=True)
@@ -211,14 +211,6 @@ class Checkpointer:
         for p in self._checkpoints():
             shutil.rmtree(p, ignore_errors=True)
         self._current = None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def make_callback(
