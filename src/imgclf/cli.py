@@ -12,42 +12,19 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from imgclf import interrupts
 
 log = logging.getLogger("imgclf")
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as an exception so that open MLflow runs unwind and end KILLED.
-
-    Python's default SIGTERM action kills the process without running ``finally`` blocks,
-    which would leave the run RUNNING. It subclasses KeyboardInterrupt so every handler of
-    Ctrl-C treats it alike.
-    """
-
-
-def _raise_terminated(signum: int, _frame: Any) -> None:
-    from imgclf import interrupts
-
-    # Further SIGTERMs while unwinding would interrupt the status update; SIGKILL still works.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    interrupts.request(Terminated(f"signal {signum}"))
-
-
-def _raise_interrupted(_signum: int, _frame: Any) -> None:
-    from imgclf import interrupts
-
-    interrupts.request(KeyboardInterrupt())
 
 
 def _setup(verbose: bool = False) -> None:
@@ -392,24 +369,18 @@ def main(argv: list[str] | None = None) -> int:
         handler = lambda: _registry(args)  # noqa: E731
     else:
         handler = lambda: _stage(args.command, args)  # noqa: E731
-    in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
-    previous_int = signal.signal(signal.SIGINT, _raise_interrupted) if in_main_thread else None
     try:
-        return int(handler() or 0)
+        with interrupts.handlers():
+            return int(handler() or 0)
     except expected as exc:
         log.error("%s", exc)
         return EXIT_USER_ERROR
-    except Terminated:
+    except interrupts.Terminated:
         log.error("terminated (SIGTERM)")
         return EXIT_TERMINATED
     except KeyboardInterrupt:
         log.error("interrupted")
         return EXIT_INTERRUPTED
-    finally:
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
-            signal.signal(signal.SIGINT, previous_int)
 
 
 if __name__ == "__main__":

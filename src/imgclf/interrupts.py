@@ -11,7 +11,10 @@ the outermost block ends.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 _depth = 0
 _pending: BaseException | None = None
@@ -38,3 +41,40 @@ def shielded() -> Iterator[None]:
         if _depth == 0 and _pending is not None:
             exc, _pending = _pending, None
             raise exc
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so that open MLflow runs unwind and end KILLED.
+
+    Python's default SIGTERM action kills the process without running ``finally`` blocks,
+    which would leave the run RUNNING. It subclasses KeyboardInterrupt so every handler of
+    Ctrl-C treats it alike.
+    """
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    # Further SIGTERMs while unwinding would interrupt the status update; SIGKILL still works.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    request(Terminated(f"signal {signum}"))
+
+
+def _on_sigint(_signum: int, _frame: Any) -> None:
+    request(KeyboardInterrupt())
+
+
+@contextlib.contextmanager
+def handlers() -> Iterator[None]:
+    """SIGTERM raises :class:`Terminated`, SIGINT KeyboardInterrupt, both via :func:`request`.
+
+    Only the main thread can install signal handlers; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    previous_int = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)

@@ -34,7 +34,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf import tracking
+from imgclf import interrupts, tracking
 from imgclf.config import Config, ConfigError, config_from_dict, flatten
 from imgclf.fileio import read_json
 from imgclf.lineage import lineage_tags, project_root
@@ -315,6 +315,7 @@ class MlflowSweepCallback(Callback):
 
         if STATE.parent_owned and STATE.parent_run_id:
             tracking.end_run_by_id(STATE.parent_run_id)
+            STATE.parent_owned = False
         if not STATE.summary_printed and STATE.rows:
             print(format_table(_varying_overrides(STATE.rows)))
             print(f"{len(STATE.rows)} jobs; MLflow parent run {STATE.parent_run_id}")
@@ -345,7 +346,30 @@ def main() -> None:
             f"or set {ENV_CONF_DIR}\n"
         )
         sys.exit(2)
-    hydra.main(config_path=str(conf), config_name="config", version_base=None)(task)()
+    app = hydra.main(config_path=str(conf), config_name="config", version_base=None)(task)
+    try:
+        with interrupts.handlers():  # SIGTERM unwinds like Ctrl-C: the job's run ends KILLED
+            app()
+    except KeyboardInterrupt:
+        _end_grid_parent("KILLED")
+        raise
+    except SystemExit as exc:  # Hydra reports a failed job and exits 1
+        if exc.code not in (0, None):
+            _end_grid_parent("FAILED")
+        raise
+    except BaseException:
+        _end_grid_parent("FAILED")
+        raise
+
+
+def _end_grid_parent(status: str) -> None:
+    """A grid sweep that stops early ends its parent run truthfully, not left RUNNING."""
+    if STATE.parent_owned and STATE.parent_run_id:
+        STATE.parent_owned = False
+        try:
+            tracking.end_run_by_id(STATE.parent_run_id, status)
+        except Exception:  # noqa: BLE001 - the original error matters more
+            log.exception("could not mark sweep parent run %s %s", STATE.parent_run_id, status)
 
 
 # --- the Optuna loop (run by the imgclf_optuna sweeper) ---------------------------------------

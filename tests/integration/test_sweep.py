@@ -107,6 +107,51 @@ def test_grid_sweep_logs_child_runs_under_one_parent(env):
         assert not any("test" in key for key in run.data.metrics)  # scored on validation only
 
 
+def _grid_args(experiment: str, *extra: str) -> list[str]:
+    return [
+        "-m", *[a for a in TINY if not a.startswith("mlflow.")],
+        f"mlflow.experiment_name={experiment}", *extra,
+    ]  # fmt: skip
+
+
+def _runs(env, experiment: str) -> list:
+    exp = env["client"].get_experiment_by_name(experiment)
+    return env["client"].search_runs([exp.experiment_id]) if exp else []
+
+
+def test_grid_sweep_with_a_failing_job_ends_its_parent_failed(env):
+    # The second job's batch size fails the typed config check after the first job trained.
+    proc = launch(env, _grid_args("sweep-fails", "train.batch_size=8,0"))
+    _out, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and "train.batch_size" in err
+    runs = _runs(env, "sweep-fails")
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parent) == 1 and parent[0].info.status == "FAILED"
+    assert [r.info.status for r in runs if r is not parent[0]] == ["FINISHED"]
+
+
+def test_sigterm_ends_a_grid_sweep_and_its_runs_killed(env):
+    proc = launch(env, _grid_args("sweep-term", "optimizer=adam,sgd", "train.epochs=200"))
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:  # until the first job has logged an epoch
+        time.sleep(0.5)
+        if proc.poll() is not None:
+            pytest.fail(f"sweep ended before it could be stopped: {proc.stderr.read()[-2000:]}")
+        job = [r for r in _runs(env, "sweep-term") if "mlflow.parentRunId" in r.data.tags]
+        if job and "val_loss" in job[0].data.metrics:
+            break
+    else:
+        pytest.fail("no job logged an epoch in time")
+    proc.send_signal(signal.SIGTERM)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert "database is locked" not in err
+    runs = _runs(env, "sweep-term")
+    # The parent and the job that was training; the second job never started.
+    assert len(runs) == 2 and [r.info.status for r in runs] == ["KILLED", "KILLED"]
+    assert sum("mlflow.parentRunId" in r.data.tags for r in runs) == 1
+
+
 def test_killed_sweep_resumes_retries_and_tops_up(env):
     """A sweep killed mid-trial: its trial fails by heartbeat, is retried, never counted done."""
     proc = launch(env, optuna_args(env, "resume", 3))
