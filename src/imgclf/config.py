@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
-MODEL_NAMES = ("cnn", "seed_cnn")
+MODEL_NAMES = ("cnn", "seed_cnn", "resnet")
+BLOCK_TYPES = ("plain", "residual")
 SCHEDULES = ("constant", "cosine")
 
 
@@ -49,6 +50,7 @@ class ModelConfig:
     dropout: float = 0.3
     batch_norm: bool = True
     global_pool: bool = True
+    block: str = "plain"
 
 
 @dataclass
@@ -143,6 +145,7 @@ def _check_ranges(cfg: Config) -> None:
         (0 <= cfg.data.near_dup_distance <= 64, "data.near_dup_distance", "must be in [0, 64]"),
         (cfg.model.name in MODEL_NAMES, "model.name", f"must be one of {MODEL_NAMES}"),
         (cfg.model.blocks >= 1, "model.blocks", "must be >= 1"),
+        (cfg.model.block in BLOCK_TYPES, "model.block", f"must be one of {BLOCK_TYPES}"),
         (cfg.model.filters >= 1, "model.filters", "must be >= 1"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
         (

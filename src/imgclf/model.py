@@ -37,6 +37,34 @@ def build_augmentation(cfg: AugmentConfig, seed: int) -> list[layers.Layer]:
     return aug
 
 
+def residual_block(
+    shape: tuple[int, int, int], filters: int, cfg: ModelConfig, *, name: str
+) -> keras.Model:
+    """A ResNet basic block that halves the resolution (in place of conv → max-pool).
+
+    Main path: conv 3×3 stride 2 → BN → ReLU → conv 3×3 → BN; shortcut: conv 1×1 stride 2 → BN;
+    sum, ReLU. Built as a small functional model nested in the Sequential stack, so the stack
+    stays a plain list of layers (``inference_model`` filters it) and saves to ``.h5`` with no
+    custom layer classes. Without batch norm the convolutions get biases instead.
+    """
+    bn = cfg.batch_norm
+
+    def norm(x: keras.KerasTensor, part: str) -> keras.KerasTensor:
+        return layers.BatchNormalization(momentum=0.9, name=f"{name}_{part}_bn")(x) if bn else x
+
+    def conv(x: keras.KerasTensor, size: int, stride: int, part: str) -> keras.KerasTensor:
+        return layers.Conv2D(
+            filters, size, strides=stride, padding="same", use_bias=not bn, name=f"{name}_{part}"
+        )(x)
+
+    inp = keras.Input(shape=shape, name=f"{name}_in")
+    y = layers.ReLU(name=f"{name}_relu1")(norm(conv(inp, cfg.kernel_size, 2, "conv1"), "conv1"))
+    y = norm(conv(y, cfg.kernel_size, 1, "conv2"), "conv2")
+    shortcut = norm(conv(inp, 1, 2, "shortcut"), "shortcut")
+    out = layers.ReLU(name=f"{name}_relu2")(layers.Add(name=f"{name}_add")([shortcut, y]))
+    return keras.Model(inp, out, name=name)
+
+
 def build_model(
     cfg: ModelConfig,
     input_shape: tuple[int, int, int],
@@ -47,7 +75,9 @@ def build_model(
 ) -> keras.Model:
     """The Sequential CNN: conv → max-pool blocks, dropout, dense, softmax.
 
-    Filters double with each block. Output is a softmax, so the loss uses from_logits=False.
+    Filters double with each block; ``model.block: residual`` uses :func:`residual_block`
+    (stride-2 ResNet basic blocks) instead of conv → max-pool. Output is a softmax, so the
+    loss uses from_logits=False.
     """
     stack: list[layers.Layer] = [
         keras.Input(shape=input_shape, dtype="uint8", name="image"),
@@ -55,8 +85,14 @@ def build_model(
     ]
     if augment is not None:
         stack += build_augmentation(augment, seed)
+    height, width, channels = input_shape
     for i in range(cfg.blocks):
         filters = cfg.filters * 2**i
+        if cfg.block == "residual":
+            block_input = (height, width, channels)
+            stack.append(residual_block(block_input, filters, cfg, name=f"block{i + 1}"))
+            height, width, channels = -(-height // 2), -(-width // 2), filters  # "same", stride 2
+            continue
         stack.append(
             layers.Conv2D(
                 filters,

@@ -20,6 +20,8 @@ SHAPE = (24, 36, 3)
     [
         ModelConfig(blocks=2, filters=4, dense_units=8),
         ModelConfig(blocks=3, filters=4, dense_units=8, batch_norm=True, global_pool=True),
+        ModelConfig(blocks=3, filters=4, dense_units=8, block="residual"),
+        ModelConfig(blocks=2, filters=4, dense_units=8, block="residual", batch_norm=False),
     ],
 )
 def test_outputs_are_probabilities_over_classes(cfg):
@@ -80,3 +82,24 @@ def test_cosine_schedule_decays_to_zero_over_the_training_steps():
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="number of training steps"):
         build_optimizer(OptimizerConfig(schedule="cosine"))
+
+
+def test_residual_blocks_halve_the_resolution_and_add_a_shortcut():
+    model = build_model(ModelConfig(blocks=3, filters=4, dense_units=8, block="residual"), SHAPE, 3)
+    blocks = [layer for layer in model.layers if layer.name.startswith("block")]
+    assert [b.output.shape[1:] for b in blocks] == [(12, 18, 4), (6, 9, 8), (3, 5, 16)]
+    assert all(any(isinstance(x, keras.layers.Add) for x in b.layers) for b in blocks)
+    assert not any(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers)
+
+
+def test_residual_model_survives_h5_onnx_and_tflite(tmp_path):
+    """Every export format handles the nested blocks and predicts what Keras predicts."""
+    from imgclf.formats import export_and_check
+
+    cfg = ModelConfig(blocks=2, filters=4, dense_units=8, block="residual")
+    model = inference_model(build_model(cfg, SHAPE, 3, augment=AugmentConfig(), seed=3))
+    x = np.random.default_rng(2).integers(0, 255, (6, *SHAPE), dtype=np.uint8)
+    results = export_and_check(model, ["h5", "keras", "tflite", "onnx"], tmp_path, x, 1e-4)
+    assert [(r.format, r.valid, r.reason) for r in results] == [
+        (f, True, "") for f in ("h5", "keras", "tflite", "onnx")
+    ]
