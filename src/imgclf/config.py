@@ -70,6 +70,8 @@ class AugmentConfig:
     translation: float = 0.05
     contrast: float = 0.1
     brightness: float = 0.1
+    perspective: float = 0.0
+    perspective_scale: float = 1.0
 
 
 @dataclass
@@ -148,6 +150,12 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.model.block in BLOCK_TYPES, "model.block", f"must be one of {BLOCK_TYPES}"),
         (cfg.model.filters >= 1, "model.filters", "must be >= 1"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
+        (0.0 <= cfg.augment.perspective <= 1.0, "augment.perspective", "must be in [0, 1]"),
+        (
+            0.0 <= cfg.augment.perspective_scale <= 1.0,
+            "augment.perspective_scale",
+            "must be in [0, 1]",
+        ),
         (
             cfg.optimizer.name in OPTIMIZER_NAMES,
             "optimizer.name",

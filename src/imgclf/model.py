@@ -30,6 +30,11 @@ def build_augmentation(cfg: AugmentConfig, seed: int) -> list[layers.Layer]:
                 cfg.translation, cfg.translation, fill_mode="nearest", seed=seed + 2
             )
         )
+    if cfg.perspective > 0:
+        # factor bounds the share of images distorted; scale how far their corners move
+        aug.append(
+            layers.RandomPerspective(cfg.perspective, scale=cfg.perspective_scale, seed=seed + 5)
+        )
     if cfg.brightness > 0:
         aug.append(layers.RandomBrightness(cfg.brightness, value_range=(0, 1), seed=seed + 3))
     if cfg.contrast > 0:
@@ -122,6 +127,7 @@ AUGMENTATION_LAYERS = (
     layers.RandomTranslation,
     layers.RandomBrightness,
     layers.RandomContrast,
+    layers.RandomPerspective,
 )
 
 

@@ -38,6 +38,9 @@ def test_wrong_type_fails_naming_key():
         ({"model": {"dropout": 1.0}}, "model.dropout"),
         ({"train": {"monitor": "loss"}}, "train.monitor"),
         ({"optimizer": {"schedule": "linear"}}, "optimizer.schedule"),
+        ({"model": {"block": "dense"}}, "model.block"),
+        ({"augment": {"perspective": 1.5}}, "augment.perspective"),
+        ({"augment": {"perspective_scale": -0.1}}, "augment.perspective_scale"),
     ],
 )
 def test_out_of_range_values_fail(raw, key):

@@ -60,6 +60,16 @@ def test_inference_model_drops_augmentation_and_predicts_the_same():
     np.testing.assert_allclose(slim.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
 
 
+def test_perspective_is_an_augmentation_layer_only_when_asked():
+    plain = build_model(ModelConfig(blocks=1), SHAPE, 3, augment=AugmentConfig())
+    assert not any(isinstance(layer, keras.layers.RandomPerspective) for layer in plain.layers)
+    aug = AugmentConfig(perspective=0.2, perspective_scale=0.5)
+    model = build_model(ModelConfig(blocks=1), SHAPE, 3, augment=aug)
+    (layer,) = [x for x in model.layers if isinstance(x, keras.layers.RandomPerspective)]
+    assert layer.scale == 0.5
+    assert not any(isinstance(x, AUGMENTATION_LAYERS) for x in inference_model(model).layers)
+
+
 def test_no_horizontal_flip_of_text():
     model = build_model(ModelConfig(blocks=1), SHAPE, 3, augment=AugmentConfig())
     assert not any(isinstance(layer, keras.layers.RandomFlip) for layer in model.layers)
