@@ -42,7 +42,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "cnn"
+    name: str = "resnet"
     blocks: int = 4
     filters: int = 32
     kernel_size: int = 3
@@ -50,7 +50,7 @@ class ModelConfig:
     dropout: float = 0.3
     batch_norm: bool = True
     global_pool: bool = True
-    block: str = "plain"
+    block: str = "residual"
 
 
 @dataclass

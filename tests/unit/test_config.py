@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def test_defaults_are_valid():
     cfg = config_from_dict({})
     assert cfg.optimizer.name == "adam"
-    assert cfg.model.name == "cnn"
+    assert (cfg.model.name, cfg.model.block) == ("resnet", "residual")
 
 
 def test_unknown_key_fails_naming_it():

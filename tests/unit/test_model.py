@@ -18,8 +18,8 @@ SHAPE = (24, 36, 3)
 @pytest.mark.parametrize(
     "cfg",
     [
-        ModelConfig(blocks=2, filters=4, dense_units=8),
-        ModelConfig(blocks=3, filters=4, dense_units=8, batch_norm=True, global_pool=True),
+        ModelConfig(blocks=2, filters=4, dense_units=8, block="plain"),
+        ModelConfig(blocks=3, filters=4, dense_units=8, block="plain", batch_norm=False),
         ModelConfig(blocks=3, filters=4, dense_units=8, block="residual"),
         ModelConfig(blocks=2, filters=4, dense_units=8, block="residual", batch_norm=False),
     ],
