@@ -90,13 +90,11 @@ def build_model(
     ]
     if augment is not None:
         stack += build_augmentation(augment, seed)
-    height, width, channels = input_shape
     for i in range(cfg.blocks):
         filters = cfg.filters * 2**i
         if cfg.block == "residual":
-            block_input = (height, width, channels)
-            stack.append(residual_block(block_input, filters, cfg, name=f"block{i + 1}"))
-            height, width, channels = -(-height // 2), -(-width // 2), filters  # "same", stride 2
+            shape = tuple(stack[-1].output.shape[1:]) if i else input_shape
+            stack.append(residual_block(shape, filters, cfg, name=f"block{i + 1}"))
             continue
         stack.append(
             layers.Conv2D(
