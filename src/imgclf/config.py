@@ -19,6 +19,7 @@ OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 MODEL_NAMES = ("cnn", "seed_cnn", "resnet")
 BLOCK_TYPES = ("plain", "residual")
 SCHEDULES = ("constant", "cosine")
+FITS = ("stretch", "crop_tall", "crop")  # imgclf.images.FITS, without importing OpenCV
 
 
 class ConfigError(ValueError):
@@ -31,6 +32,7 @@ class DataConfig:
     test_dir: str = "Testing_Data"
     image_height: int = 64
     image_width: int = 96
+    fit: str = "crop_tall"
     val_fraction: float = 0.2
     split_seed: int = 42
     min_side: int = 16
@@ -138,6 +140,7 @@ def _check_ranges(cfg: Config) -> None:
     checks: list[tuple[bool, str, str]] = [
         (cfg.data.image_height >= 8, "data.image_height", "must be >= 8"),
         (cfg.data.image_width >= 8, "data.image_width", "must be >= 8"),
+        (cfg.data.fit in FITS, "data.fit", f"must be one of {FITS}"),
         (0.0 < cfg.data.val_fraction < 1.0, "data.val_fraction", "must be in (0, 1)"),
         (
             0.0 <= cfg.data.max_rejected_fraction <= 1.0,

@@ -25,6 +25,8 @@ TOO_LARGE = "too_large"
 UNREADABLE = "unreadable"
 
 DEFAULT_MAX_PIXELS = 60_000_000
+# How an image is brought to the model's aspect ratio (data.fit), see fit_aspect.
+FITS = ("stretch", "crop_tall", "crop")
 
 
 class ImageRejected(Exception):
@@ -146,7 +148,33 @@ def resize(rgb: np.ndarray, height: int, width: int) -> np.ndarray:
     return cv2.resize(rgb, (width, height), interpolation=interp)
 
 
-def load_resized(path: Path | str, height: int, width: int, **kwargs: int) -> np.ndarray:
-    """Decode ``path`` and resize it to the model's input size (preprocess and predict)."""
+def fit_aspect(rgb: np.ndarray, height: int, width: int, fit: str = "stretch") -> np.ndarray:
+    """Crop ``rgb`` towards the aspect ratio ``width:height`` before :func:`resize`.
+
+    ``stretch`` leaves it alone (resize distorts it); ``crop_tall`` centre-crops images that are
+    taller than the target aspect (portrait or square photos of a landscape card, whose top and
+    bottom are mostly background) and leaves wider ones alone; ``crop`` centre-crops both ways.
+    """
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    h, w = rgb.shape[:2]
+    if fit == "stretch" or w * height == h * width:
+        return rgb
+    if w * height < h * width:  # taller than the target: keep the full width
+        keep = max(1, round(w * height / width))
+        top = (h - keep) // 2
+        return rgb[top : top + keep]
+    if fit == "crop":  # wider than the target: keep the full height
+        keep = max(1, round(h * width / height))
+        left = (w - keep) // 2
+        return rgb[:, left : left + keep]
+    return rgb
+
+
+def load_resized(
+    path: Path | str, height: int, width: int, fit: str = "stretch", **kwargs: int
+) -> np.ndarray:
+    """Decode ``path``, fit its aspect (:func:`fit_aspect`) and resize it to the model's input
+    size: the one path from file to tensor for preprocess, predict and serve."""
     rgb, _ = open_image(path, draft_size=(width * 2, height * 2), **kwargs)
-    return resize(rgb, height, width)
+    return resize(fit_aspect(rgb, height, width, fit), height, width)

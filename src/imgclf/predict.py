@@ -34,6 +34,7 @@ class LoadedModel:
     width: int
     source: str
     format: str
+    fit: str = "stretch"  # data.fit the model was trained with (imgclf.images.fit_aspect)
 
 
 @dataclass
@@ -110,7 +111,22 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
         log.warning("%s not found: printing class indices instead of names", sidecar)
         classes = [str(i) for i in range(predictor.n_classes)]
     height, width = predictor.input_shape[:2]
-    return LoadedModel(predictor, classes, height, width, str(root / rel), fmt)
+    return LoadedModel(predictor, classes, height, width, str(root / rel), fmt, _fit(root))
+
+
+def _fit(root: Path) -> str:
+    """``fit`` from the ``input.json`` export wrote beside the model (``stretch`` without one:
+    exports from before it existed were trained on stretched images)."""
+    from imgclf.images import FITS
+    from imgclf.stages.preprocess import INPUT_SPEC
+
+    spec = root / INPUT_SPEC
+    if not spec.is_file():
+        return "stretch"
+    fit = read_json(spec).get("fit", "stretch")
+    if fit not in FITS:
+        raise ModelLoadError(f"{spec}: fit {fit!r} is not one of {FITS}; re-export the model")
+    return str(fit)
 
 
 def _default_format(held: list[str], where: str) -> str:
@@ -151,6 +167,7 @@ def _load_registered(uri: str, fmt: str | None) -> LoadedModel:
         width,
         f"models:/{info.name}/{info.version}",
         fmt,
+        registry.version_fit(info),
     )
 
 
@@ -194,7 +211,7 @@ def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 32) 
     images, positions = [], []
     for i, f in enumerate(files):
         try:
-            images.append(load_resized(f, loaded.height, loaded.width))
+            images.append(load_resized(f, loaded.height, loaded.width, loaded.fit))
             positions.append(i)
         except ImageRejected as exc:
             results[i] = Prediction(str(f), None, None, error=f"{exc.reason}: {exc.detail}")

@@ -24,7 +24,7 @@ from imgclf.config import Config
 from imgclf.errors import PromotionError
 from imgclf.fileio import read_json
 from imgclf.stages.evaluate import compute_metrics, leakage_metrics, read_leak_flags
-from imgclf.stages.preprocess import load_dataset
+from imgclf.stages.preprocess import INPUT_SPEC, load_dataset
 from imgclf.tracking import VersionInfo
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,9 @@ def measure(
     y: np.ndarray,
     leak: np.ndarray,
     classes: list[str],
+    fit: str = "stretch",
 ) -> Measured:
-    """Evaluate one version's ``promote.format`` file on the test tensors."""
+    """Evaluate one version's ``promote.format`` file on the test tensors (made with ``fit``)."""
     out = Measured(info.version, info.tags.get("data_md5", "unknown"))
     try:
         if registry.version_classes(info) != classes:
@@ -120,6 +121,12 @@ def measure(
         out.problem = (
             f"takes {predictor.input_shape[0]}x{predictor.input_shape[1]} images, "
             f"the test set is {x.shape[1]}x{x.shape[2]}"
+        )
+        return out
+    if registry.version_fit(info) != fit:
+        out.problem = (
+            f"was trained on images fitted with data.fit={registry.version_fit(info)}, "
+            f"the test tensors are made with data.fit={fit}"
         )
         return out
     bs = cfg.promote.batch_size
@@ -210,7 +217,9 @@ def run(
         raise PromotionError(f"{preprocess_dir}: the test set is empty")
     leak = read_leak_flags(preprocess_dir / "split.csv", len(y))
     classes: list[str] = read_json(preprocess_dir / "classes.json")
-    kw: dict[str, Any] = {"x": x, "y": y, "leak": leak, "classes": classes}
+    spec = preprocess_dir / INPUT_SPEC
+    fit = read_json(spec)["fit"] if spec.is_file() else "stretch"
+    kw: dict[str, Any] = {"x": x, "y": y, "leak": leak, "classes": classes, "fit": fit}
     cand = measure(cand_info, cfg, **kw)
     champ = measure(champ_info, cfg, **kw) if champ_info is not None else None
     reasons = judge(cfg, cand, champ, data_md5)

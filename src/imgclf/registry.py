@@ -84,6 +84,12 @@ def version_classes(info: VersionInfo) -> list[str]:
     return list(json.loads(info.tags["classes"]))
 
 
+def version_fit(info: VersionInfo) -> str:
+    """How the version's input images are fitted to its aspect (``data.fit``); versions
+    registered before the tag existed were all trained on stretched images."""
+    return info.tags.get("image_fit", "stretch")
+
+
 def load_version(info: VersionInfo, fmt: str, cache_dir: Path | None = None) -> Predictor:
     """Download format ``fmt`` of a version, verify every file's sha256, then load it.
 

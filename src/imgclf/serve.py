@@ -60,7 +60,7 @@ def classify_bytes(loaded: LoadedModel, data: bytes) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile(prefix="imgclf-upload-") as f:
         f.write(data)
         f.flush()
-        image = load_resized(Path(f.name), loaded.height, loaded.width)
+        image = load_resized(Path(f.name), loaded.height, loaded.width, loaded.fit)
     (pred,) = predict_arrays(loaded, np.expand_dims(image, 0))
     return {
         "label": pred.label,

@@ -115,7 +115,7 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
         FileNotFoundError: the cache is missing (names the command that makes it).
         ConfigError: the cache holds another image size than this job asks for.
     """
-    from imgclf.stages.preprocess import load_dataset
+    from imgclf.stages.preprocess import INPUT_SPEC, load_dataset
 
     npz = folder / "dataset.npz"
     if not npz.is_file():
@@ -137,6 +137,14 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
             f"{npz} holds {size[0]}x{size[1]} images but this job asks for "
             f"data.image_height={wanted[0]} data.image_width={wanted[1]}: set those in conf/ "
             "and `dvc repro preprocess`, or do not sweep them"
+        )
+    spec = folder / INPUT_SPEC
+    fit = read_json(spec).get("fit", "stretch") if spec.is_file() else "stretch"
+    if fit != cfg.data.fit:
+        raise ConfigError(
+            f"{npz} holds images fitted with data.fit={fit} but this job asks for "
+            f"data.fit={cfg.data.fit}: set it in conf/ and `dvc repro preprocess`, "
+            "or do not sweep it"
         )
     if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
         raise ConfigError(f"{npz}: the train or validation split is empty")

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from imgclf import cli, registry, tracking
 from imgclf.config import FORMAT_NAMES
@@ -33,7 +34,7 @@ from imgclf.formats import FORMAT_FILES, IntegrityError, verify_files
 from imgclf.predict import ModelLoadError, load_model
 from imgclf.promote import Measured, judge
 from imgclf.stages import evaluate, export, ingest, preprocess, train
-from tests.conftest import TINY_CLASSES, tiny_config
+from tests.conftest import TINY_CLASSES, draw_class_image, tiny_config
 
 DATA_MD5 = "0123456789abcdef0123456789abcdef.dir"
 NAME = "tiny-model"
@@ -139,6 +140,10 @@ def test_export_registers_every_format_with_parity_and_hashes(reg):
     info = tracking.get_version(NAME, version="2")
     assert info.tags["formats"] == "h5,keras,saved_model,tflite,onnx"
     assert info.tags["data_md5"] == DATA_MD5
+    # How new images must be prepared travels with the model (data.fit, input size).
+    spec = {"image_height": 32, "image_width": 48, "fit": reg["cfg"].data.fit}
+    assert read_json(reg["art"] / "export" / "formats" / "input.json") == spec
+    assert info.tags["image_fit"] == spec["fit"]
     parity = read_json(reg["art"] / "export" / "parity.json")
     for fmt in FORMAT_NAMES:
         assert info.tags[f"format.{fmt}"] == "valid"
@@ -480,6 +485,45 @@ def test_http_server_classifies_an_image_of_each_class(reg):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_predict_prepares_files_with_the_models_fit(reg, tmp_path):
+    """A portrait photo of a card: predict crops it as the model's data.fit says, whether the
+    model comes from the export folder or the registry; an old export without input.json
+    (trained before data.fit existed) stretches, as it was trained."""
+    from imgclf.images import fit_aspect, open_image, resize
+    from imgclf.predict import predict_files
+
+    rng = np.random.default_rng(7)
+    card = draw_class_image(1, rng)  # 40x60, the model's 3:2 aspect
+    photo = np.concatenate([rng.integers(0, 255, (20, 60, 3), dtype=np.uint8), card] * 2)
+    path = tmp_path / "portrait.png"
+    Image.fromarray(photo[:80]).save(path)  # 80x60: taller than 3:2
+    rgb = open_image(path)[0]
+    folder = reg["art"] / "export" / "formats"
+    for spec in (str(folder), f"models:/{NAME}/2"):
+        loaded = load_model(spec, "onnx")
+        assert loaded.fit == reg["cfg"].data.fit
+        want = loaded.predictor.predict(resize(fit_aspect(rgb, 32, 48, loaded.fit), 32, 48)[None])
+        (got,) = predict_files(loaded, [path])
+        np.testing.assert_allclose([got.probabilities[c] for c in TINY_CLASSES], want[0], atol=1e-6)
+    old = tmp_path / "old_export"
+    shutil.copytree(folder, old)
+    (old / "input.json").unlink()
+    assert load_model(str(old), "onnx").fit == "stretch"
+
+
+def test_promote_measures_only_versions_prepared_like_the_test_tensors(reg):
+    from imgclf.promote import measure
+
+    info = tracking.get_version(NAME, version="2")
+    x = preprocess.load_dataset(reg["art"] / "preprocess" / "dataset.npz")
+    kw = {"x": x["x_test"], "y": x["y_test"], "leak": np.zeros(len(x["y_test"]), bool)}
+    same = measure(info, reg["cfg"], **kw, classes=list(TINY_CLASSES), fit=reg["cfg"].data.fit)
+    assert same.problem == "" and same.metrics["accuracy"] >= 0.85
+    other = "stretch" if reg["cfg"].data.fit != "stretch" else "crop"
+    m = measure(info, reg["cfg"], **kw, classes=list(TINY_CLASSES), fit=other)
+    assert m.metrics == {} and f"data.fit={other}" in m.problem
 
 
 def test_promote_checks_the_test_tensors_against_data_dvc(tmp_path):

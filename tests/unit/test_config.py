@@ -41,6 +41,7 @@ def test_wrong_type_fails_naming_key():
         ({"model": {"block": "dense"}}, "model.block"),
         ({"augment": {"perspective": 1.5}}, "augment.perspective"),
         ({"augment": {"perspective_scale": -0.1}}, "augment.perspective_scale"),
+        ({"data": {"fit": "letterbox"}}, "data.fit"),
     ],
 )
 def test_out_of_range_values_fail(raw, key):

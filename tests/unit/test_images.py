@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from imgclf import images
-from imgclf.images import ImageRejected, load_resized, open_image
+from imgclf.images import FITS, ImageRejected, fit_aspect, load_resized, open_image
 
 
 def _save(img: Image.Image, path, fmt: str, **kw):
@@ -126,3 +126,38 @@ def test_load_resized_gives_model_size(tmp_path):
     path = _save(Image.new("RGB", (300, 200), (1, 2, 3)), tmp_path / "big.jpg", "JPEG")
     out = load_resized(path, 32, 48)
     assert out.shape == (32, 48, 3) and out.dtype == np.uint8
+
+
+def _bands(height: int, width: int, inner: int) -> np.ndarray:
+    """Red bands around a green centre band of ``inner`` rows (a card in a portrait photo)."""
+    arr = np.zeros((height, width, 3), np.uint8)
+    arr[..., 0] = 255
+    top = (height - inner) // 2
+    arr[top : top + inner] = (0, 255, 0)
+    return arr
+
+
+def test_fit_aspect_crops_the_centre_to_the_model_aspect():
+    tall = _bands(90, 60, 40)  # 2:3 portrait; the 3:2 centre of a 60-wide image is 40 rows
+    for fit in ("crop_tall", "crop"):
+        out = fit_aspect(tall, 32, 48, fit)
+        assert out.shape == (40, 60, 3) and (out == (0, 255, 0)).all()
+    assert fit_aspect(tall, 32, 48, "stretch") is tall
+    wide = np.arange(20 * 60 * 3, dtype=np.uint32).reshape(20, 60, 3).astype(np.uint8)
+    assert fit_aspect(wide, 32, 48, "crop_tall") is wide  # wider than 3:2: left alone
+    cropped = fit_aspect(wide, 32, 48, "crop")  # both ways: the centre 30 columns
+    assert cropped.shape == (20, 30, 3) and (cropped == wide[:, 15:45]).all()
+    exact = np.zeros((40, 60, 3), np.uint8)
+    assert all(fit_aspect(exact, 32, 48, f) is exact for f in FITS)
+    with pytest.raises(ValueError, match="letterbox"):
+        fit_aspect(exact, 32, 48, "letterbox")
+
+
+def test_load_resized_applies_the_fit(tmp_path):
+    path = _save(Image.fromarray(_bands(150, 100, 66)), tmp_path / "portrait.png", "PNG")
+    stretched = load_resized(path, 32, 48)
+    cropped = load_resized(path, 32, 48, "crop_tall")
+    assert cropped.shape == stretched.shape == (32, 48, 3)
+    green = np.array([0, 255, 0])
+    assert (np.abs(cropped[1:-1].astype(int) - green) <= 8).all()  # only the card is left
+    assert (stretched[0] == (255, 0, 0)).all()  # the background is squeezed in, not cut

@@ -11,7 +11,8 @@ Interrupt safety: everything is written and checked in a staging folder first; t
 stored in MLflow before the version is created (with all its tags at once), and a version whose
 aliases cannot be set is deleted again. So the registry never holds a version without its files.
 
-Outputs (``out_dir``): ``formats/`` (the format files, ``classes.json``, ``manifest.json`` with
+Outputs (``out_dir``): ``formats/`` (the format files, ``classes.json``, ``input.json`` (input
+size and aspect fit, which predict applies to new images), ``manifest.json`` with
 the sha256 of every file, ``parity.json``: the very folder stored as ``formats/`` in the
 version), ``parity.json`` (per-format results, a DVC metric) and ``registered.json``.
 """
@@ -36,7 +37,7 @@ from imgclf.errors import ExportError
 from imgclf.fileio import read_json, write_json
 from imgclf.formats import FORMAT_FILES, MANIFEST, REQUIRED_FORMATS, export_and_check, hash_tree
 from imgclf.lineage import lineage_tags
-from imgclf.stages.preprocess import load_dataset
+from imgclf.stages.preprocess import INPUT_SPEC, load_dataset
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,13 @@ def run(
     trained = keras.models.load_model(train_dir / "model.keras", safe_mode=True)
     model = inference_model(trained)
     classes: list[str] = read_json(preprocess_dir / "classes.json")
+    spec: dict[str, Any] = read_json(preprocess_dir / INPUT_SPEC)
+    if (spec["image_height"], spec["image_width"]) != tuple(model.input_shape[1:3]):
+        raise ExportError(
+            f"{preprocess_dir / INPUT_SPEC} says {spec['image_height']}x{spec['image_width']} "
+            f"but the model takes {model.input_shape[1]}x{model.input_shape[2]}: "
+            "run `dvc repro` so preprocess and train agree"
+        )
     metrics = read_json(evaluate_dir / "metrics.json")
     arrays = load_dataset(preprocess_dir / "dataset.npz")
     pool = arrays["x_test"] if len(arrays["x_test"]) else arrays["x_train"]
@@ -90,7 +98,17 @@ def run(
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
         return _export(
-            cfg, model, classes, metrics, images, example, staging, train_dir, out_dir, started
+            cfg,
+            model,
+            classes,
+            spec,
+            metrics,
+            images,
+            example,
+            staging,
+            train_dir,
+            out_dir,
+            started,
         )
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -100,6 +118,7 @@ def _export(
     cfg: Config,
     model: Any,
     classes: list[str],
+    spec: dict[str, Any],
     metrics: dict[str, Any],
     images: np.ndarray,
     example: np.ndarray,
@@ -126,6 +145,7 @@ def _export(
     for fmt in valid:
         manifest |= hash_tree(staging, FORMAT_FILES[fmt])
     write_json(staging / "classes.json", classes)
+    write_json(staging / INPUT_SPEC, spec)
     write_json(staging / "parity.json", {p.format: asdict(p) for p in parity})
     write_json(staging / MANIFEST, manifest)
     log.info(
@@ -148,6 +168,7 @@ def _export(
         "classes": json.dumps(classes),
         "image_height": str(height),
         "image_width": str(width),
+        "image_fit": spec["fit"],
         "formats": ",".join(valid),
         **{
             f"format.{p.format}": "valid" if p.valid else f"invalid: {p.reason}"[:5000]
@@ -170,6 +191,7 @@ def _export(
                 "classes": classes,
                 "image_height": height,
                 "image_width": width,
+                "image_fit": spec["fit"],
                 "formats": valid,
             },
             files_dir=staging,

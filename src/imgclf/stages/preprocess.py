@@ -5,8 +5,9 @@ and validation; Testing_Data is the test set. All images are decoded here once, 
 epoch decodes a JPEG.
 
 Outputs (``out_dir``): ``dataset.npz`` (x_/y_ train, val, test: uint8 RGB and int labels),
-``classes.json``, ``split.csv`` (each file's subset, near-duplicate group and leak flag),
-``counts.json``, ``class_counts.png``, ``sample_grid.png``.
+``classes.json``, ``input.json`` (input size and aspect fit, for predict), ``split.csv`` (each
+file's subset, near-duplicate group and leak flag), ``counts.json``, ``class_counts.png``,
+``sample_grid.png``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from imgclf import plots
-from imgclf.config import Config
+from imgclf.config import Config, DataConfig
 from imgclf.fileio import atomic_path, read_json, write_json, write_text
 from imgclf.images import load_resized
 from imgclf.parallel import map_in_processes
@@ -31,6 +32,7 @@ from imgclf.stages.ingest import read_index
 log = logging.getLogger(__name__)
 
 SUBSETS = ("train", "val", "test")
+INPUT_SPEC = "input.json"
 
 
 @dataclass
@@ -60,6 +62,11 @@ def split_train_val(
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(folds.split(idx, labels, groups))
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def input_spec(data: DataConfig) -> dict[str, int | str]:
+    """The model input's preparation: ``{"image_height", "image_width", "fit"}``."""
+    return {"image_height": data.image_height, "image_width": data.image_width, "fit": data.fit}
 
 
 def save_dataset(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -92,7 +99,7 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
         "test": test_rows,
     }
 
-    load = partial(load_resized, height=data.image_height, width=data.image_width)
+    load = partial(load_resized, height=data.image_height, width=data.image_width, fit=data.fit)
     ordered = [r for s in SUBSETS for r in subsets[s]]
     images = map_in_processes(load, [data_dir / r["path"] for r in ordered], data.workers)
     arrays: dict[str, np.ndarray] = {}
@@ -108,6 +115,9 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
     dataset_path = out_dir / "dataset.npz"
     save_dataset(dataset_path, arrays)
     write_json(out_dir / "classes.json", classes)
+    # How a file becomes an input tensor: export records it with the model, so predict and
+    # serve prepare new images exactly as training saw them.
+    write_json(out_dir / INPUT_SPEC, input_spec(data))
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     # group: near-duplicate group within the split; leak: has a twin across train/test
