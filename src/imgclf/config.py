@@ -19,7 +19,7 @@ OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 MODEL_NAMES = ("cnn", "seed_cnn", "resnet")
 BLOCK_TYPES = ("plain", "residual")
 SCHEDULES = ("constant", "cosine")
-FITS = ("stretch", "crop_tall", "crop")  # imgclf.images.FITS, without importing OpenCV
+FITS = ("stretch", "crop_tall", "crop")  # data.fit, see imgclf.images.fit_aspect
 
 
 class ConfigError(ValueError):

@@ -16,6 +16,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from imgclf.config import FITS  # how an image meets the model's aspect (data.fit)
+
 # Reason codes, stable strings that reports and tests rely on.
 EMPTY_FILE = "empty_file"
 NOT_AN_IMAGE = "not_an_image"
@@ -25,8 +27,6 @@ TOO_LARGE = "too_large"
 UNREADABLE = "unreadable"
 
 DEFAULT_MAX_PIXELS = 60_000_000
-# How an image is brought to the model's aspect ratio (data.fit), see fit_aspect.
-FITS = ("stretch", "crop_tall", "crop")
 
 
 class ImageRejected(Exception):

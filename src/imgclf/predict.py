@@ -117,7 +117,7 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
 def _fit(root: Path) -> str:
     """``fit`` from the ``input.json`` export wrote beside the model (``stretch`` without one:
     exports from before it existed were trained on stretched images)."""
-    from imgclf.images import FITS
+    from imgclf.config import FITS
     from imgclf.stages.preprocess import INPUT_SPEC
 
     spec = root / INPUT_SPEC

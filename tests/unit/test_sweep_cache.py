@@ -1,0 +1,46 @@
+"""Sweeps train on preprocess's cached tensors: a job asking for other inputs must fail loudly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from imgclf.config import ConfigError
+from imgclf.fileio import write_json
+from imgclf.stages.preprocess import INPUT_SPEC, save_dataset
+from imgclf.sweep import load_arrays
+from tests.conftest import tiny_config
+
+
+@pytest.fixture
+def cache(tmp_path):
+    x = np.zeros((3, 32, 48, 3), np.uint8)
+    y = np.arange(3)
+    save_dataset(
+        tmp_path / "dataset.npz",
+        {f"{k}_{s}": v for s in ("train", "val", "test") for k, v in (("x", x), ("y", y))},
+    )
+    write_json(tmp_path / "classes.json", ["a", "b", "c"])
+    write_json(tmp_path / INPUT_SPEC, {"image_height": 32, "image_width": 48, "fit": "crop_tall"})
+    return tmp_path
+
+
+def test_matching_job_loads_without_the_test_split(cache):
+    arrays, classes = load_arrays(tiny_config(data={"fit": "crop_tall"}), cache)
+    assert classes == ["a", "b", "c"] and "x_test" not in arrays
+
+
+def test_other_fit_or_size_names_the_key(cache):
+    with pytest.raises(
+        ConfigError, match=r"data\.fit=crop_tall but this job asks for data\.fit=stretch"
+    ):
+        load_arrays(tiny_config(data={"fit": "stretch"}), cache)
+    with pytest.raises(ConfigError, match=r"data\.image_height=64"):
+        load_arrays(tiny_config(data={"image_height": 64, "fit": "crop_tall"}), cache)
+
+
+def test_cache_from_before_input_json_counts_as_stretch(cache):
+    (cache / INPUT_SPEC).unlink()
+    assert load_arrays(tiny_config(data={"fit": "stretch"}), cache)[1] == ["a", "b", "c"]
+    with pytest.raises(ConfigError, match=r"data\.fit=stretch"):
+        load_arrays(tiny_config(data={"fit": "crop_tall"}), cache)
