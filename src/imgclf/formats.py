@@ -35,6 +35,9 @@ FORMAT_FILES: dict[str, str] = {
 }
 SUFFIX_FORMATS = {".h5": "h5", ".keras": "keras", ".tflite": "tflite", ".onnx": "onnx"}
 MANIFEST = "manifest.json"
+# Beside the model: input size and data.fit, how predict must prepare a file (light to import:
+# predict reads it before any heavy module).
+INPUT_SPEC = "input.json"
 REQUIRED_FORMATS = ("h5", "keras")
 assert tuple(FORMAT_FILES) == FORMAT_NAMES
 

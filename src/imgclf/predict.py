@@ -118,7 +118,7 @@ def _fit(root: Path) -> str:
     """``fit`` from the ``input.json`` export wrote beside the model (``stretch`` without one:
     exports from before it existed were trained on stretched images)."""
     from imgclf.config import FITS
-    from imgclf.stages.preprocess import INPUT_SPEC
+    from imgclf.formats import INPUT_SPEC
 
     spec = root / INPUT_SPEC
     if not spec.is_file():

@@ -23,8 +23,9 @@ from imgclf import registry, tracking
 from imgclf.config import Config
 from imgclf.errors import PromotionError
 from imgclf.fileio import read_json
+from imgclf.formats import INPUT_SPEC
 from imgclf.stages.evaluate import compute_metrics, leakage_metrics, read_leak_flags
-from imgclf.stages.preprocess import INPUT_SPEC, load_dataset
+from imgclf.stages.preprocess import load_dataset
 from imgclf.tracking import VersionInfo
 
 log = logging.getLogger(__name__)

@@ -115,7 +115,8 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
         FileNotFoundError: the cache is missing (names the command that makes it).
         ConfigError: the cache holds another image size than this job asks for.
     """
-    from imgclf.stages.preprocess import INPUT_SPEC, load_dataset
+    from imgclf.formats import INPUT_SPEC
+    from imgclf.stages.preprocess import load_dataset
 
     npz = folder / "dataset.npz"
     if not npz.is_file():

@@ -513,6 +513,25 @@ def test_predict_prepares_files_with_the_models_fit(reg, tmp_path):
     assert load_model(str(old), "onnx").fit == "stretch"
 
 
+def test_onnx_predict_imports_no_heavy_framework(reg):
+    """The one-file ONNX path stays light: no TensorFlow, Keras, MLflow, scikit-learn or
+    matplotlib import (each costs seconds of start-up on 2 cores; a stray import of the
+    preprocess stage once made `imgclf predict` 7x slower)."""
+    image = next((reg["data"] / "Testing_Data" / "alpha").iterdir())
+    code = (
+        "import json, sys\n"
+        "from imgclf import cli\n"
+        f"rc = cli.main(['predict', {str(image)!r}, '--model', "
+        f"{str(reg['art'] / 'export')!r}, '--format', 'onnx'])\n"
+        "heavy = {'tensorflow', 'keras', 'mlflow', 'sklearn', 'matplotlib'}\n"
+        "print(json.dumps([rc, sorted({m.split('.')[0] for m in sys.modules} & heavy)]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
+    )
+    assert json.loads(proc.stdout.splitlines()[-1]) == [0, []], proc.stderr[-2000:]
+
+
 def test_promote_measures_only_versions_prepared_like_the_test_tensors(reg):
     from imgclf.promote import measure
 

@@ -7,7 +7,8 @@ import pytest
 
 from imgclf.config import ConfigError
 from imgclf.fileio import write_json
-from imgclf.stages.preprocess import INPUT_SPEC, save_dataset
+from imgclf.formats import INPUT_SPEC
+from imgclf.stages.preprocess import save_dataset
 from imgclf.sweep import load_arrays
 from tests.conftest import tiny_config
 

@@ -35,9 +35,16 @@ from imgclf import registry, tracking
 from imgclf.config import Config
 from imgclf.errors import ExportError
 from imgclf.fileio import read_json, write_json
-from imgclf.formats import FORMAT_FILES, MANIFEST, REQUIRED_FORMATS, export_and_check, hash_tree
+from imgclf.formats import (
+    FORMAT_FILES,
+    INPUT_SPEC,
+    MANIFEST,
+    REQUIRED_FORMATS,
+    export_and_check,
+    hash_tree,
+)
 from imgclf.lineage import lineage_tags
-from imgclf.stages.preprocess import INPUT_SPEC, load_dataset
+from imgclf.stages.preprocess import load_dataset
 
 log = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from imgclf import plots
 from imgclf.config import Config, DataConfig
 from imgclf.fileio import atomic_path, read_json, write_json, write_text
+from imgclf.formats import INPUT_SPEC
 from imgclf.images import load_resized
 from imgclf.parallel import map_in_processes
 from imgclf.stages.ingest import read_index
@@ -32,7 +33,6 @@ from imgclf.stages.ingest import read_index
 log = logging.getLogger(__name__)
 
 SUBSETS = ("train", "val", "test")
-INPUT_SPEC = "input.json"
 
 
 @dataclass
