@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from imgclf.config import FORMAT_NAMES
+from imgclf.config import FITS, FORMAT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,26 @@ MANIFEST = "manifest.json"
 # Beside the model: input size and data.fit, how predict must prepare a file (light to import:
 # predict reads it before any heavy module).
 INPUT_SPEC = "input.json"
+
+
+def read_fit(folder: Path) -> str:
+    """``data.fit`` from ``folder``'s :data:`INPUT_SPEC` (a preprocess output or an export);
+    ``stretch`` without one, since everything made before the file existed was stretched.
+
+    Raises:
+        ValueError: the recorded fit is not one this version knows (names the file).
+    """
+    import json
+
+    spec = folder / INPUT_SPEC
+    if not spec.is_file():
+        return "stretch"
+    fit = json.loads(spec.read_text(encoding="utf-8")).get("fit", "stretch")
+    if fit not in FITS:
+        raise ValueError(f"{spec}: fit {fit!r} is not one of {FITS}; re-run preprocess/export")
+    return str(fit)
+
+
 REQUIRED_FORMATS = ("h5", "keras")
 assert tuple(FORMAT_FILES) == FORMAT_NAMES
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from imgclf.dataset import is_hidden
 from imgclf.fileio import read_json
-from imgclf.formats import FORMAT_FILES, SUFFIX_FORMATS, Predictor
+from imgclf.formats import FORMAT_FILES, SUFFIX_FORMATS, Predictor, read_fit
 from imgclf.images import ImageRejected, load_resized
 
 log = logging.getLogger(__name__)
@@ -111,22 +111,11 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
         log.warning("%s not found: printing class indices instead of names", sidecar)
         classes = [str(i) for i in range(predictor.n_classes)]
     height, width = predictor.input_shape[:2]
-    return LoadedModel(predictor, classes, height, width, str(root / rel), fmt, _fit(root))
-
-
-def _fit(root: Path) -> str:
-    """``fit`` from the ``input.json`` export wrote beside the model (``stretch`` without one:
-    exports from before it existed were trained on stretched images)."""
-    from imgclf.config import FITS
-    from imgclf.formats import INPUT_SPEC
-
-    spec = root / INPUT_SPEC
-    if not spec.is_file():
-        return "stretch"
-    fit = read_json(spec).get("fit", "stretch")
-    if fit not in FITS:
-        raise ModelLoadError(f"{spec}: fit {fit!r} is not one of {FITS}; re-export the model")
-    return str(fit)
+    try:
+        fit = read_fit(root)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    return LoadedModel(predictor, classes, height, width, str(root / rel), fmt, fit)
 
 
 def _default_format(held: list[str], where: str) -> str:

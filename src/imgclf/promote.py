@@ -23,7 +23,7 @@ from imgclf import registry, tracking
 from imgclf.config import Config
 from imgclf.errors import PromotionError
 from imgclf.fileio import read_json
-from imgclf.formats import INPUT_SPEC
+from imgclf.formats import read_fit
 from imgclf.stages.evaluate import compute_metrics, leakage_metrics, read_leak_flags
 from imgclf.stages.preprocess import load_dataset
 from imgclf.tracking import VersionInfo
@@ -218,9 +218,13 @@ def run(
         raise PromotionError(f"{preprocess_dir}: the test set is empty")
     leak = read_leak_flags(preprocess_dir / "split.csv", len(y))
     classes: list[str] = read_json(preprocess_dir / "classes.json")
-    spec = preprocess_dir / INPUT_SPEC
-    fit = read_json(spec)["fit"] if spec.is_file() else "stretch"
-    kw: dict[str, Any] = {"x": x, "y": y, "leak": leak, "classes": classes, "fit": fit}
+    kw: dict[str, Any] = {
+        "x": x,
+        "y": y,
+        "leak": leak,
+        "classes": classes,
+        "fit": read_fit(preprocess_dir),
+    }
     cand = measure(cand_info, cfg, **kw)
     champ = measure(champ_info, cfg, **kw) if champ_info is not None else None
     reasons = judge(cfg, cand, champ, data_md5)

@@ -115,7 +115,7 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
         FileNotFoundError: the cache is missing (names the command that makes it).
         ConfigError: the cache holds another image size than this job asks for.
     """
-    from imgclf.formats import INPUT_SPEC
+    from imgclf.formats import read_fit
     from imgclf.stages.preprocess import load_dataset
 
     npz = folder / "dataset.npz"
@@ -139,8 +139,7 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
             f"data.image_height={wanted[0]} data.image_width={wanted[1]}: set those in conf/ "
             "and `dvc repro preprocess`, or do not sweep them"
         )
-    spec = folder / INPUT_SPEC
-    fit = read_json(spec).get("fit", "stretch") if spec.is_file() else "stretch"
+    fit = read_fit(folder)
     if fit != cfg.data.fit:
         raise ConfigError(
             f"{npz} holds images fitted with data.fit={fit} but this job asks for "
