@@ -144,22 +144,28 @@ def input_throughput(clone: Path, batch_size: int) -> tuple[float, float]:
     return cached, decoded
 
 
-def predict_speed(clone: Path, env: dict[str, str]) -> tuple[float, dict[str, float]]:
-    """Batch images/s of the exported .h5, and wall seconds of one-file ``imgclf predict``."""
-    import keras
+def predict_speed(clone: Path, env: dict[str, str]) -> tuple[dict[str, float], dict[str, float]]:
+    """Batch images/s on the test tensors, and wall seconds of one-file ``imgclf predict``.
 
+    The batch rows time each predictor exactly as ``imgclf predict`` drives it (batches of
+    32 already-resized images, decoding excluded): the export folder's default format (ONNX
+    through onnxruntime) and the ``.h5`` through Keras.
+    """
+    from imgclf.predict import load_model
     from imgclf.stages.preprocess import load_dataset
 
-    model = keras.models.load_model(
-        clone / "artifacts" / "export" / "formats" / "model.h5", compile=False, safe_mode=True
-    )
+    export = clone / "artifacts" / "export"
     x = load_dataset(clone / "artifacts" / "preprocess" / "dataset.npz")["x_test"]
-    model.predict(x[:64], batch_size=64, verbose=0)
-    t0 = time.perf_counter()
-    reps = 3
-    for _ in range(reps):
-        model.predict(x, batch_size=64, verbose=0)
-    batch = reps * len(x) / (time.perf_counter() - t0)
+    batch: dict[str, float] = {}
+    for fmt in ("onnx", "h5"):
+        predictor = load_model(str(export), fmt).predictor
+        predictor.predict(x[:32])  # warm-up: graph tracing, thread pools
+        t0 = time.perf_counter()
+        reps = 5
+        for _ in range(reps):
+            for start in range(0, len(x), 32):
+                predictor.predict(x[start : start + 32])
+        batch[fmt] = reps * len(x) / (time.perf_counter() - t0)
 
     one = str(next((clone / "data" / "id-cards" / "Testing_Data" / "others").iterdir()))
     imgclf = str(Path(sys.executable).with_name("imgclf"))
@@ -213,8 +219,10 @@ def render(results: dict[str, Any]) -> str:
         f"| training input, cached tensors | {r['cached_ips']:.0f} images/s | |",
         f"| training input, decode + resize every file | {r['decoded_ips']:.0f} images/s | |",
         f"| input pipeline speed-up | {r['cached_ips'] / r['decoded_ips']:.0f}× | ≥ 5× |",
-        f"| batch prediction (`.h5`, test set, batch 64) | {r['batch_ips']:.0f} images/s | "
-        "≥ 300 images/s |",
+        f"| batch prediction, test set, batches of 32, ONNX (`imgclf predict`'s default) | "
+        f"{r['batch_ips']['onnx']:.0f} images/s | ≥ 300 images/s |",
+        f"| batch prediction, test set, batches of 32, `.h5` through Keras | "
+        f"{r['batch_ips']['h5']:.0f} images/s | |",
         f"| `imgclf predict` one file, `--model model.onnx` | {r['one_file']['onnx']:.2f} s | "
         "≤ 3 s |",
         f"| `imgclf predict` one file, `--model model.h5` (imports TensorFlow) | "

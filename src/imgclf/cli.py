@@ -180,6 +180,7 @@ def _promote(args: argparse.Namespace) -> int:
         cfg,
         preprocess_dir=Path(args.preprocess),
         data_md5=pinned,
+        data_dir=Path(args.data),
         version=args.version,
         force=args.force,
         reason=args.reason or "",
@@ -306,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder with the test tensors (dataset.npz, split.csv, classes.json)",
     )
     p.add_argument("--data-dvc", default="data.dvc", help="the .dvc file pinning the data")
+    p.add_argument(
+        "--data",
+        default="data/id-cards",
+        help="the dataset folder split.csv's paths are relative to: a version trained on "
+        "another input size or data.fit is measured on these files prepared its way",
+    )
     p = sub.add_parser("registry", help="list versions, aliases, metrics and @champion history")
     p.add_argument("--params", default="params.yaml", help="composed params file")
     p.add_argument("--name", default=None, help="registered model (default: from params)")

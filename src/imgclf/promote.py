@@ -7,12 +7,18 @@ carry the ``data_md5`` that ``data.dvc`` pins, so a number measured on other dat
 The candidate must pass the absolute floors (``promote.min_accuracy``,
 ``promote.min_leakfree_accuracy``) and beat the champion's ``promote.metric`` by at least
 ``promote.min_margin``. ``force`` (with a reason) overrides a refusal, and says so in the record.
+
+A version trained on another input size or ``data.fit`` than the cached tensors (an older
+champion, say) is measured on the same test files, decoded from the data folder and prepared
+the way that version expects, so the two are compared on the same 150 files, each fairly.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +47,33 @@ class Measured:
     data_md5: str
     metrics: dict[str, float | None] = field(default_factory=dict)
     problem: str = ""
+    # "HxW, data.fit=F" when its test tensors were prepared for it from the files
+    prepared: str = ""
+
+
+# (height, width, fit) -> the test images, in test-tensor order, prepared that way
+Prepare = Callable[[int, int, str], np.ndarray]
+
+
+def test_file_preparer(split_csv: Path, data_dir: Path) -> Prepare:
+    """Prepare the test files that ``split_csv`` lists (its ``test`` rows, in tensor order)
+    from ``data_dir`` at another input size or fit, for a version trained that way.
+
+    The returned function raises :class:`FileNotFoundError` naming the first missing file and
+    what to do, and :class:`imgclf.images.ImageRejected` for a file that does not decode.
+    """
+    from imgclf.images import load_resized
+
+    with split_csv.open(newline="", encoding="utf-8") as f:
+        paths = [data_dir / r["path"] for r in csv.DictReader(f) if r["subset"] == "test"]
+
+    def prepare(height: int, width: int, fit: str) -> np.ndarray:
+        missing = next((p for p in paths if not p.is_file()), None)
+        if missing is not None:
+            raise FileNotFoundError(f"{missing}: test file not found (run `dvc pull data.dvc`)")
+        return np.stack([load_resized(p, height, width, fit) for p in paths])
+
+    return prepare
 
 
 @dataclass
@@ -105,8 +138,14 @@ def measure(
     leak: np.ndarray,
     classes: list[str],
     fit: str = "stretch",
+    prepare: Prepare | None = None,
 ) -> Measured:
-    """Evaluate one version's ``promote.format`` file on the test tensors (made with ``fit``)."""
+    """Evaluate one version's ``promote.format`` file on the test set.
+
+    ``x`` holds the test tensors made with ``fit``; a version that takes another input size or
+    ``data.fit`` is measured on ``prepare(height, width, its_fit)`` instead (the same files,
+    same order), or gets a ``problem`` when there is no ``prepare`` or it fails.
+    """
     out = Measured(info.version, info.tags.get("data_md5", "unknown"))
     try:
         if registry.version_classes(info) != classes:
@@ -118,18 +157,22 @@ def measure(
     except Exception as exc:  # noqa: BLE001 - a version that cannot load cannot be promoted
         out.problem = f"cannot load: {exc}"
         return out
-    if tuple(predictor.input_shape[:2]) != tuple(x.shape[1:3]):
-        out.problem = (
-            f"takes {predictor.input_shape[0]}x{predictor.input_shape[1]} images, "
-            f"the test set is {x.shape[1]}x{x.shape[2]}"
-        )
-        return out
-    if registry.version_fit(info) != fit:
-        out.problem = (
-            f"was trained on images fitted with data.fit={registry.version_fit(info)}, "
-            f"the test tensors are made with data.fit={fit}"
-        )
-        return out
+    height, width = (int(d) for d in predictor.input_shape[:2])
+    its_fit = registry.version_fit(info)
+    if (height, width) != tuple(x.shape[1:3]) or its_fit != fit:
+        wants = f"{height}x{width}, data.fit={its_fit}"
+        if prepare is None:
+            out.problem = (
+                f"takes {wants} images; the test tensors are {x.shape[1]}x{x.shape[2]}, "
+                f"data.fit={fit}"
+            )
+            return out
+        try:
+            x = prepare(height, width, its_fit)
+        except Exception as exc:  # noqa: BLE001 - reported as the reason it was not measured
+            out.problem = f"takes {wants} images; preparing the test files that way failed: {exc}"
+            return out
+        out.prepared = wants
     bs = cfg.promote.batch_size
     probs = np.concatenate([predictor.predict(x[i : i + bs]) for i in range(0, len(x), bs)])
     y_pred = probs.argmax(axis=1)
@@ -181,11 +224,15 @@ def run(
     *,
     preprocess_dir: Path,
     data_md5: str,
+    data_dir: Path | None = None,
     version: str | None = None,
     force: bool = False,
     reason: str = "",
 ) -> PromotionResult:
     """Measure candidate and champion, and move ``@champion`` if the gate (or ``force``) allows.
+
+    ``data_dir`` (the folder ``split.csv``'s paths are relative to) lets a version trained on
+    another input size or ``data.fit`` be measured on the same files prepared its way.
 
     Raises:
         PromotionError: no candidate, ``force`` without a reason, or the candidate is already
@@ -224,6 +271,9 @@ def run(
         "leak": leak,
         "classes": classes,
         "fit": read_fit(preprocess_dir),
+        "prepare": (
+            test_file_preparer(preprocess_dir / "split.csv", data_dir) if data_dir else None
+        ),
     }
     cand = measure(cand_info, cfg, **kw)
     champ = measure(champ_info, cfg, **kw) if champ_info is not None else None
@@ -245,6 +295,7 @@ def run(
             "format": cfg.promote.format,
         },
         "refusals_overridden": reasons,
+        "prepared": {m.version: m.prepared for m in (cand, champ) if m is not None and m.prepared},
     }
     # The metrics compared are in the record (and shown by `imgclf registry`).
     why = reason.strip() or "passed the gate"
@@ -306,6 +357,9 @@ def render(result: PromotionResult, cfg: Config) -> str:
         )
     else:
         lines.append("REFUSED: " + "; ".join(result.reasons))
+    for m in (result.candidate, champ):
+        if m is not None and m.prepared:
+            lines.append(f"v{m.version} was measured on the test files prepared {m.prepared}")
     return "\n".join(lines)
 
 

@@ -532,17 +532,35 @@ def test_onnx_predict_imports_no_heavy_framework(reg):
     assert json.loads(proc.stdout.splitlines()[-1]) == [0, []], proc.stderr[-2000:]
 
 
-def test_promote_measures_only_versions_prepared_like_the_test_tensors(reg):
-    from imgclf.promote import measure
+def test_promote_measures_a_version_on_the_test_files_prepared_its_way(reg, tmp_path):
+    """A version trained on another data.fit (an older champion, say) is measured on the same
+    test files decoded and prepared its way; without the files it is refused, with a reason."""
+    from imgclf.promote import measure, test_file_preparer
 
     info = tracking.get_version(NAME, version="2")
-    x = preprocess.load_dataset(reg["art"] / "preprocess" / "dataset.npz")
-    kw = {"x": x["x_test"], "y": x["y_test"], "leak": np.zeros(len(x["y_test"]), bool)}
-    same = measure(info, reg["cfg"], **kw, classes=list(TINY_CLASSES), fit=reg["cfg"].data.fit)
-    assert same.problem == "" and same.metrics["accuracy"] >= 0.85
-    other = "stretch" if reg["cfg"].data.fit != "stretch" else "crop"
-    m = measure(info, reg["cfg"], **kw, classes=list(TINY_CLASSES), fit=other)
-    assert m.metrics == {} and f"data.fit={other}" in m.problem
+    pre = reg["art"] / "preprocess"
+    x = preprocess.load_dataset(pre / "dataset.npz")
+    kw = {"y": x["y_test"], "leak": np.zeros(len(x["y_test"]), bool), "classes": list(TINY_CLASSES)}
+    fit = reg["cfg"].data.fit
+    same = measure(info, reg["cfg"], x=x["x_test"], **kw, fit=fit)
+    assert same.problem == "" and same.prepared == "" and same.metrics["accuracy"] >= 0.85
+
+    prepare = test_file_preparer(pre / "split.csv", reg["data"])
+    # the files prepared as preprocess did are the cached test tensors, byte for byte
+    assert np.array_equal(prepare(32, 48, fit), x["x_test"])
+    # tensors made with another fit (and size): the version is measured on its own preparation
+    other = "stretch" if fit != "stretch" else "crop"
+    x_other = prepare(24, 36, other)
+    m = measure(info, reg["cfg"], x=x_other, **kw, fit=other, prepare=prepare)
+    assert m.problem == "" and m.prepared == f"32x48, data.fit={fit}"
+    assert m.metrics == same.metrics
+
+    no_files = measure(info, reg["cfg"], x=x_other, **kw, fit=other)
+    assert no_files.metrics == {} and f"data.fit={other}" in no_files.problem
+    gone = test_file_preparer(pre / "split.csv", tmp_path / "not-pulled")
+    missing = measure(info, reg["cfg"], x=x_other, **kw, fit=other, prepare=gone)
+    assert missing.metrics == {} and "dvc pull" in missing.problem
+    assert str(tmp_path / "not-pulled") in missing.problem
 
 
 def test_promote_checks_the_test_tensors_against_data_dvc(tmp_path):
