@@ -78,7 +78,7 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 60
     batch_size: int = 32
     patience: int = 10
     monitor: str = "val_loss"
