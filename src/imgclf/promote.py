@@ -15,7 +15,6 @@ the way that version expects, so the two are compared on the same 150 files, eac
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from collections.abc import Callable
@@ -30,7 +29,13 @@ from imgclf.config import Config
 from imgclf.errors import PromotionError
 from imgclf.fileio import read_json
 from imgclf.formats import read_fit
-from imgclf.stages.evaluate import compute_metrics, leakage_metrics, read_leak_flags
+from imgclf.images import ImageRejected, load_resized
+from imgclf.stages.evaluate import (
+    compute_metrics,
+    leakage_metrics,
+    read_leak_flags,
+    read_test_rows,
+)
 from imgclf.stages.preprocess import load_dataset
 from imgclf.tracking import VersionInfo
 
@@ -62,10 +67,7 @@ def test_file_preparer(split_csv: Path, data_dir: Path) -> Prepare:
     The returned function raises :class:`FileNotFoundError` naming the first missing file and
     what to do, and :class:`imgclf.images.ImageRejected` for a file that does not decode.
     """
-    from imgclf.images import load_resized
-
-    with split_csv.open(newline="", encoding="utf-8") as f:
-        paths = [data_dir / r["path"] for r in csv.DictReader(f) if r["subset"] == "test"]
+    paths = [data_dir / r["path"] for r in read_test_rows(split_csv)]
 
     def prepare(height: int, width: int, fit: str) -> np.ndarray:
         missing = next((p for p in paths if not p.is_file()), None)
@@ -169,7 +171,7 @@ def measure(
             return out
         try:
             x = prepare(height, width, its_fit)
-        except Exception as exc:  # noqa: BLE001 - reported as the reason it was not measured
+        except (FileNotFoundError, ImageRejected) as exc:
             out.problem = f"takes {wants} images; preparing the test files that way failed: {exc}"
             return out
         out.prepared = wants
