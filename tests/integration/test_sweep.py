@@ -164,9 +164,13 @@ def test_killed_sweep_resumes_retries_and_tops_up(env):
         if not db.exists():
             continue
         try:
-            trials = load(env, "resume").get_trials()
+            # Only once the sweep has created the study: an Optuna storage opened on a file
+            # whose schema is still being written races it to stamp alembic_version.
             with sqlite3.connect(db) as con:
+                if not con.execute("select 1 from studies where study_name = 'resume'").fetchone():
+                    continue
                 beats = con.execute("select count(*) from trial_heartbeats").fetchone()[0]
+            trials = load(env, "resume").get_trials()
         except (KeyError, sqlite3.OperationalError):
             continue
         running = [t for t in trials if t.state == TrialState.RUNNING]
