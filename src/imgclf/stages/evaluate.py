@@ -57,21 +57,18 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def read_test_rows(split_csv: Path, n_test: int | None = None) -> list[dict[str, str]]:
-    """``split_csv``'s test rows (path, class, leak, ...), in test-tensor order; with
-    ``n_test``, checked against the tensors' length."""
+def read_test_rows(split_csv: Path) -> list[dict[str, str]]:
+    """``split_csv``'s test rows (path, class, leak, ...), in test-tensor order."""
     with split_csv.open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if r["subset"] == "test"]
-    if n_test is not None and (
-        len(rows) != n_test or "leak" not in (rows[0] if rows else {"leak": 0})
-    ):
-        raise ValueError(f"{split_csv}: does not match the test tensors; rerun preprocess")
-    return rows
+        return [r for r in csv.DictReader(f) if r["subset"] == "test"]
 
 
 def read_leak_flags(split_csv: Path, n_test: int) -> np.ndarray:
     """Boolean flags, in test-tensor order: the test file has a twin in training."""
-    return np.array([r["leak"] == "1" for r in read_test_rows(split_csv, n_test)], dtype=bool)
+    rows = read_test_rows(split_csv)
+    if len(rows) != n_test or "leak" not in (rows[0] if rows else {"leak": 0}):
+        raise ValueError(f"{split_csv}: does not match the test tensors; rerun preprocess")
+    return np.array([r["leak"] == "1" for r in rows], dtype=bool)
 
 
 def leakage_metrics(
