@@ -69,7 +69,7 @@ def tiny_config(**sections: dict) -> Config:
         },
         "model": {"blocks": 2, "filters": 8, "dense_units": 16, "dropout": 0.1},
         "optimizer": {"name": "adam", "learning_rate": 0.003},
-        "train": {"epochs": 4, "batch_size": 8, "patience": 10, "threads": 2},
+        "train": {"epochs": 4, "batch_size": 8, "patience": 10, "threads": 2, "refit": False},
         "mlflow": {"experiment_name": "tiny", "registered_model_name": "tiny-model"},
     }
     for name, values in sections.items():

@@ -85,6 +85,7 @@ class TrainConfig:
     seed: int = 42
     label_smoothing: float = 0.1
     threads: int = 0
+    refit: bool = True  # train stage: fit train + val for all epochs (conf/train/default.yaml)
 
 
 @dataclass

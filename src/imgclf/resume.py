@@ -217,14 +217,16 @@ def make_callback(
     checkpointer: Checkpointer,
     state: ResumeState,
     *,
-    monitor: str,
+    monitor: str | None,
     patience: int,
     on_epoch: Callable[[int, dict[str, float]], None],
 ) -> Any:
     """A Keras callback: early stopping, best-weights tracking and a checkpoint per epoch.
 
     It replaces ``EarlyStopping`` + ``ModelCheckpoint`` because their counters would reset on a
-    resumed ``fit``; here they live in ``state`` and are committed with the weights. ``on_epoch``
+    resumed ``fit``; here they live in ``state`` and are committed with the weights. With
+    ``monitor=None`` (a refit, which has no validation data) every epoch runs and the last one
+    is kept. ``on_epoch``
     (the MLflow logger) runs only after the commit, so a kill never logs an epoch twice; epochs
     committed but not logged are logged on resume (see train).
     """
@@ -246,8 +248,10 @@ def make_callback(
             for k, v in values.items():
                 state.history.setdefault(k, []).append(v)
             state.epochs_done = epoch + 1
-            improved = _is_better(monitor, values[monitor], state.best_value)
-            if improved:
+            if monitor is None:
+                improved = True
+                state.best_epoch = epoch + 1
+            elif improved := _is_better(monitor, values[monitor], state.best_value):
                 state.best_value, state.best_epoch, state.wait = values[monitor], epoch + 1, 0
             else:
                 state.wait += 1

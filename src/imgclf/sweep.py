@@ -26,7 +26,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -264,6 +264,9 @@ def task(dcfg: DictConfig) -> dict[str, float]:
     raw = OmegaConf.to_container(dcfg, resolve=True)
     assert isinstance(raw, dict)
     cfg = config_from_dict({str(k): v for k, v in raw.items()}, source="imgclf-train")
+    if cfg.train.refit:  # a job is scored on validation, so it must not train on it
+        log.info("imgclf-train validates every job: train.refit applies to the train stage only")
+        cfg = replace(cfg, train=replace(cfg.train, refit=False))
     hc = HydraConfig.get()
     overrides = [str(o) for o in hc.overrides.task]
     multirun = hc.mode == RunMode.MULTIRUN

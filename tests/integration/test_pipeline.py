@@ -102,6 +102,37 @@ def test_training_learns_the_visible_patterns(pipeline):
     assert t.val_accuracy >= 0.9
 
 
+def test_refit_trains_on_train_plus_val_for_every_epoch(pipeline, tmp_path):
+    """train.refit: one training set of train + val, no early stopping, the last epoch kept."""
+    cfg = tiny_config(train={"refit": True, "patience": 1})
+    art = pipeline["art"]
+    t = train.run(cfg, in_dir=art / "preprocess", out_dir=tmp_path / "train")
+    assert (t.best_epoch, t.epochs_run) == (4, 4)  # patience 1 would have stopped a validated fit
+    assert t.val_accuracy is None and t.val_loss is None
+    summary = json.loads((tmp_path / "train" / "train.json").read_text())
+    assert summary["refit"] is True and (summary["n_train"], summary["n_val"]) == (48, 0)
+    assert 0.0 <= summary["train_accuracy"] <= 1.0 and "val_accuracy" not in summary
+    # Same columns as a validated run, val cells empty, so `dvc plots` can compare the two.
+    lines = (tmp_path / "train" / "history.csv").read_text().splitlines()
+    assert lines[0] == "epoch,loss,accuracy,val_loss,val_accuracy" and len(lines) == 5
+    assert all(line.endswith(",,") for line in lines[1:])
+    assert set(train.read_history(tmp_path / "train" / "history.csv")) == {"loss", "accuracy"}
+    client = MlflowClient(pipeline["uri"])
+    run = client.get_run(t.run_id)
+    assert run.data.params["train.refit"] == "True"
+    assert len(client.get_metric_history(t.run_id, "loss")) == 4
+    assert "val_loss" not in run.data.metrics and "best_val_accuracy" not in run.data.metrics
+    # The refit model goes through evaluate like any other (learning curves without val).
+    res = evaluate.run(
+        cfg,
+        preprocess_dir=art / "preprocess",
+        train_dir=tmp_path / "train",
+        out_dir=tmp_path / "evaluate",
+    )
+    assert res.accuracy >= 0.85
+    assert (tmp_path / "evaluate" / "learning_curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_metrics_file_for_dvc(pipeline):
     metrics = json.loads((pipeline["art"] / "evaluate" / "metrics.json").read_text())
     assert 0.9 <= metrics["accuracy"] <= 1.0

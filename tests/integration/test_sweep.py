@@ -105,6 +105,8 @@ def test_grid_sweep_logs_child_runs_under_one_parent(env):
         assert run.info.status == "FINISHED"
         assert 0.0 <= run.data.metrics["best_val_accuracy"] <= 1.0
         assert not any("test" in key for key in run.data.metrics)  # scored on validation only
+        # conf/ refits the train stage; a job scored on validation must not train on it
+        assert run.data.params["train.refit"] == "False"
 
 
 def _grid_args(experiment: str, *extra: str) -> list[str]:

@@ -1,8 +1,14 @@
 """train: fit the CNN on the cached train split, early-stopping on validation; keep the best epoch.
 
-Outputs (``out_dir``): ``model.keras`` (weights of the best epoch), ``history.csv`` (per-epoch
-loss/accuracy/val_loss/val_accuracy, also a ``dvc plots`` source), ``train.json`` (best epoch and
-its validation metrics) and ``run.json`` (the MLflow run that evaluate and export report to).
+With ``train.refit: true`` it instead fits train + validation together for exactly
+``train.epochs`` epochs and keeps the last one: the recipe, epoch count included, is chosen with
+refit off, then the final model learns from every training image (600 instead of 480 here).
+Sweeps never refit: they exist to score recipes on validation.
+
+Outputs (``out_dir``): ``model.keras`` (weights of the kept epoch), ``history.csv`` (per-epoch
+loss/accuracy, plus val_loss/val_accuracy unless refitting; also a ``dvc plots`` source),
+``train.json`` (kept epoch, its validation metrics or, for a refit, its training metrics) and
+``run.json`` (the MLflow run that evaluate and export report to).
 """
 
 from __future__ import annotations
@@ -34,8 +40,8 @@ class TrainResult:
     run_id: str
     best_epoch: int
     epochs_run: int
-    val_accuracy: float
-    val_loss: float
+    val_accuracy: float | None  # None for a refit: validation was trained on
+    val_loss: float | None
     model_path: Path
 
 
@@ -74,23 +80,41 @@ def make_datasets(
     return train, val
 
 
+def refit_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The train and validation splits as one training set (validation left empty)."""
+    return {
+        **arrays,
+        "x_train": np.concatenate([arrays["x_train"], arrays["x_val"]]),
+        "y_train": np.concatenate([arrays["y_train"], arrays["y_val"]]),
+        "x_val": arrays["x_val"][:0],
+        "y_val": arrays["y_val"][:0],
+    }
+
+
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
 def write_history(path: Path, history: dict[str, list[float]]) -> None:
-    """Per-epoch metrics as CSV (epoch numbers from 1)."""
-    keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in history]
+    """Per-epoch metrics as CSV (epoch numbers from 1).
+
+    The columns are always the same four, so ``dvc plots`` and ``dvc exp show`` compare a refit
+    (no validation: its val cells are empty) with a validated run.
+    """
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["epoch", *keys])
+    writer.writerow(["epoch", *HISTORY_KEYS])
     for i in range(len(history["loss"])):
-        writer.writerow([i + 1, *(f"{history[k][i]:.6f}" for k in keys)])
+        cells = (f"{history[k][i]:.6f}" if k in history else "" for k in HISTORY_KEYS)
+        writer.writerow([i + 1, *cells])
     write_text(path, buf.getvalue())
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
-    """Read :func:`write_history`'s CSV back into lists per metric."""
+    """Read :func:`write_history`'s CSV back into lists per metric (empty columns dropped)."""
     with path.open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
-    return {k: [float(r[k]) for r in rows] for k in keys}
+    return {k: [float(r[k]) for r in rows] for k in keys if all(r[k] for r in rows)}
 
 
 def _restore(ckpt: resume.Checkpointer, model: Any, experiment: str) -> resume.ResumeState:
@@ -190,6 +214,9 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
     classes: list[str] = read_json(in_dir / "classes.json")
     if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
         raise ValueError(f"{in_dir}: the train or validation split is empty")
+    refit = cfg.train.refit
+    if refit:
+        arrays = refit_arrays(arrays)
     train_ds, val_ds = make_datasets(arrays, len(classes), cfg.train.batch_size, cfg.train.seed)
     input_shape = tuple(arrays["x_train"].shape[1:])
     model = build_model(
@@ -215,7 +242,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
                 resume.make_callback(
                     ckpt,
                     state,
-                    monitor=cfg.train.monitor,
+                    monitor=None if refit else cfg.train.monitor,
                     patience=cfg.train.patience,
                     on_epoch=lambda epoch, logs: tracking.log_metrics(logs, step=epoch),
                 ),
@@ -223,7 +250,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
             if not state.finished(cfg.train.epochs):
                 model.fit(
                     train_ds,
-                    validation_data=val_ds,
+                    validation_data=None if refit else val_ds,
                     epochs=cfg.train.epochs,
                     initial_epoch=state.epochs_done,
                     callbacks=callbacks,
@@ -237,21 +264,27 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
 
             history = state.history
             best = state.best_epoch - 1
-            summary = {
+            summary: dict[str, Any] = {
+                "refit": refit,
                 "best_epoch": state.best_epoch,
                 "epochs_run": state.epochs_done,
-                "val_accuracy": history["val_accuracy"][best],
-                "val_loss": history["val_loss"][best],
                 "n_train": int(len(arrays["y_train"])),
                 "n_val": int(len(arrays["y_val"])),
             }
-            tracking.log_metrics(
-                {
-                    "best_epoch": summary["best_epoch"],
-                    "best_val_accuracy": summary["val_accuracy"],
-                    "best_val_loss": summary["val_loss"],
-                }
-            )
+            if refit:  # no validation left to score on: report the kept epoch's training fit
+                summary["train_accuracy"] = history["accuracy"][best]
+                summary["train_loss"] = history["loss"][best]
+                tracking.log_metrics({"best_epoch": summary["best_epoch"]})
+            else:
+                summary["val_accuracy"] = history["val_accuracy"][best]
+                summary["val_loss"] = history["val_loss"][best]
+                tracking.log_metrics(
+                    {
+                        "best_epoch": summary["best_epoch"],
+                        "best_val_accuracy": summary["val_accuracy"],
+                        "best_val_loss": summary["val_loss"],
+                    }
+                )
             model_path = out_dir / "model.keras"
             with atomic_path(model_path) as tmp:
                 model.save(tmp)
@@ -262,17 +295,25 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
             )
         # Only now, with every output written and the run FINISHED, is the checkpoint spent.
         ckpt.discard()
-    log.info(
-        "train: best epoch %d of %d, val_accuracy %.4f",
-        summary["best_epoch"],
-        summary["epochs_run"],
-        summary["val_accuracy"],
-    )
+    if refit:
+        log.info(
+            "train: refit on %d images, kept epoch %d, training accuracy %.4f",
+            summary["n_train"],
+            summary["best_epoch"],
+            summary["train_accuracy"],
+        )
+    else:
+        log.info(
+            "train: best epoch %d of %d, val_accuracy %.4f",
+            summary["best_epoch"],
+            summary["epochs_run"],
+            summary["val_accuracy"],
+        )
     return TrainResult(
         run_id,
         int(summary["best_epoch"]),
         int(summary["epochs_run"]),
-        float(summary["val_accuracy"]),
-        float(summary["val_loss"]),
+        summary.get("val_accuracy"),
+        summary.get("val_loss"),
         model_path,
     )
