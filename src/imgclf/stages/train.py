@@ -6,7 +6,7 @@ refit off, then the final model learns from every training image (600 instead of
 Sweeps never refit: they exist to score recipes on validation.
 
 Outputs (``out_dir``): ``model.keras`` (weights of the kept epoch), ``history.csv`` (per-epoch
-loss/accuracy, plus val_loss/val_accuracy unless refitting; also a ``dvc plots`` source),
+loss/accuracy/val_loss/val_accuracy, the val cells empty for a refit; a ``dvc plots`` source),
 ``train.json`` (kept epoch, its validation metrics or, for a refit, its training metrics) and
 ``run.json`` (the MLflow run that evaluate and export report to).
 """
