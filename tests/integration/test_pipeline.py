@@ -122,6 +122,7 @@ def test_refit_trains_on_train_plus_val_for_every_epoch(pipeline, tmp_path):
     assert run.data.params["train.refit"] == "True"
     assert len(client.get_metric_history(t.run_id, "loss")) == 4
     assert "val_loss" not in run.data.metrics and "best_val_accuracy" not in run.data.metrics
+    assert run.data.metrics["best_train_accuracy"] == summary["train_accuracy"]
     # The refit model goes through evaluate like any other (learning curves without val).
     res = evaluate.run(
         cfg,

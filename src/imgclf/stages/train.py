@@ -59,8 +59,11 @@ def configure_tensorflow(threads: int) -> None:
 
 def make_datasets(
     arrays: dict[str, np.ndarray], n_classes: int, batch_size: int, seed: int
-) -> tuple[Any, Any]:
-    """tf.data pipelines over the in-memory tensors: shuffled train, ordered val, prefetched."""
+) -> tuple[Any, Any | None]:
+    """tf.data pipelines over the in-memory tensors: shuffled train, ordered val, prefetched.
+
+    The validation pipeline is None when the validation split is empty (a refit).
+    """
     import tensorflow as tf
 
     def one_hot(y: np.ndarray) -> np.ndarray:
@@ -72,6 +75,8 @@ def make_datasets(
         .batch(batch_size)
         .prefetch(tf.data.AUTOTUNE)
     )
+    if len(arrays["y_val"]) == 0:
+        return train, None
     val = (
         tf.data.Dataset.from_tensor_slices((arrays["x_val"], one_hot(arrays["y_val"])))
         .batch(batch_size)
@@ -159,6 +164,17 @@ def _start_logging(
             tracking.log_metrics({k: v[epoch] for k, v in state.history.items()}, step=epoch)
 
 
+def kept_metrics(history: dict[str, list[float]], epoch_index: int) -> dict[str, float]:
+    """The kept epoch's validation accuracy and loss, or its training ones without validation.
+
+    A refit has no validation split, so it reports ``train_accuracy``/``train_loss``: named
+    apart so that a training fit is never read as a validation score.
+    """
+    split = "val" if "val_loss" in history else "train"
+    prefix = "val_" if split == "val" else ""
+    return {f"{split}_{k}": history[prefix + k][epoch_index] for k in ("accuracy", "loss")}
+
+
 def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
     """Index of the best epoch by ``monitor`` (lowest val_loss or highest val_accuracy)."""
     scores = np.array(history[monitor])
@@ -214,8 +230,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
     classes: list[str] = read_json(in_dir / "classes.json")
     if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
         raise ValueError(f"{in_dir}: the train or validation split is empty")
-    refit = cfg.train.refit
-    if refit:
+    if cfg.train.refit:
         arrays = refit_arrays(arrays)
     train_ds, val_ds = make_datasets(arrays, len(classes), cfg.train.batch_size, cfg.train.seed)
     input_shape = tuple(arrays["x_train"].shape[1:])
@@ -242,7 +257,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
                 resume.make_callback(
                     ckpt,
                     state,
-                    monitor=None if refit else cfg.train.monitor,
+                    monitor=None if val_ds is None else cfg.train.monitor,
                     patience=cfg.train.patience,
                     on_epoch=lambda epoch, logs: tracking.log_metrics(logs, step=epoch),
                 ),
@@ -250,7 +265,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
             if not state.finished(cfg.train.epochs):
                 model.fit(
                     train_ds,
-                    validation_data=None if refit else val_ds,
+                    validation_data=val_ds,
                     epochs=cfg.train.epochs,
                     initial_epoch=state.epochs_done,
                     callbacks=callbacks,
@@ -263,28 +278,18 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
             model.load_weights(best_path)
 
             history = state.history
-            best = state.best_epoch - 1
+            kept = kept_metrics(history, state.best_epoch - 1)
             summary: dict[str, Any] = {
-                "refit": refit,
+                "refit": cfg.train.refit,
                 "best_epoch": state.best_epoch,
                 "epochs_run": state.epochs_done,
                 "n_train": int(len(arrays["y_train"])),
                 "n_val": int(len(arrays["y_val"])),
+                **kept,
             }
-            if refit:  # no validation left to score on: report the kept epoch's training fit
-                summary["train_accuracy"] = history["accuracy"][best]
-                summary["train_loss"] = history["loss"][best]
-                tracking.log_metrics({"best_epoch": summary["best_epoch"]})
-            else:
-                summary["val_accuracy"] = history["val_accuracy"][best]
-                summary["val_loss"] = history["val_loss"][best]
-                tracking.log_metrics(
-                    {
-                        "best_epoch": summary["best_epoch"],
-                        "best_val_accuracy": summary["val_accuracy"],
-                        "best_val_loss": summary["val_loss"],
-                    }
-                )
+            tracking.log_metrics(
+                {"best_epoch": state.best_epoch, **{f"best_{k}": v for k, v in kept.items()}}
+            )
             model_path = out_dir / "model.keras"
             with atomic_path(model_path) as tmp:
                 model.save(tmp)
@@ -295,20 +300,13 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
             )
         # Only now, with every output written and the run FINISHED, is the checkpoint spent.
         ckpt.discard()
-    if refit:
-        log.info(
-            "train: refit on %d images, kept epoch %d, training accuracy %.4f",
-            summary["n_train"],
-            summary["best_epoch"],
-            summary["train_accuracy"],
-        )
-    else:
-        log.info(
-            "train: best epoch %d of %d, val_accuracy %.4f",
-            summary["best_epoch"],
-            summary["epochs_run"],
-            summary["val_accuracy"],
-        )
+    log.info(
+        "train: kept epoch %d of %d, trained on %d images; %s",
+        summary["best_epoch"],
+        summary["epochs_run"],
+        summary["n_train"],
+        ", ".join(f"{k} {v:.4f}" for k, v in kept.items()),
+    )
     return TrainResult(
         run_id,
         int(summary["best_epoch"]),
