@@ -47,6 +47,7 @@ class ModelConfig:
     name: str = "resnet"
     blocks: int = 4
     filters: int = 32
+    filter_growth: float = 2.0  # filters multiply by this from block to block
     kernel_size: int = 3
     dense_units: int = 128
     dropout: float = 0.3
@@ -153,6 +154,7 @@ def _check_ranges(cfg: Config) -> None:
         (cfg.model.blocks >= 1, "model.blocks", "must be >= 1"),
         (cfg.model.block in BLOCK_TYPES, "model.block", f"must be one of {BLOCK_TYPES}"),
         (cfg.model.filters >= 1, "model.filters", "must be >= 1"),
+        (cfg.model.filter_growth >= 1.0, "model.filter_growth", "must be >= 1"),
         (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
         (0.0 <= cfg.augment.perspective <= 1.0, "augment.perspective", "must be in [0, 1]"),
         (

@@ -80,9 +80,9 @@ def build_model(
 ) -> keras.Model:
     """The Sequential CNN: conv → max-pool blocks, dropout, dense, softmax.
 
-    Filters double with each block; ``model.block: residual`` uses :func:`residual_block`
-    (stride-2 ResNet basic blocks) instead of conv → max-pool. Output is a softmax, so the
-    loss uses from_logits=False.
+    Filters grow by ``model.filter_growth`` per block (2: doubling); ``model.block: residual``
+    uses :func:`residual_block` (stride-2 ResNet basic blocks) instead of conv → max-pool.
+    Output is a softmax, so the loss uses from_logits=False.
     """
     stack: list[layers.Layer] = [
         keras.Input(shape=input_shape, dtype="uint8", name="image"),
@@ -91,7 +91,7 @@ def build_model(
     if augment is not None:
         stack += build_augmentation(augment, seed)
     for i in range(cfg.blocks):
-        filters = cfg.filters * 2**i
+        filters = round(cfg.filters * cfg.filter_growth**i)
         if cfg.block == "residual":
             shape = tuple(stack[-1].output.shape[1:]) if i else input_shape
             stack.append(residual_block(shape, filters, cfg, name=f"block{i + 1}"))

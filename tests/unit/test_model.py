@@ -102,6 +102,16 @@ def test_residual_blocks_halve_the_resolution_and_add_a_shortcut():
     assert not any(isinstance(layer, keras.layers.MaxPooling2D) for layer in model.layers)
 
 
+@pytest.mark.parametrize("block", ["plain", "residual"])
+def test_filter_growth_sets_the_width_of_each_block(block):
+    cfg = ModelConfig(blocks=3, filters=4, filter_growth=1.5, dense_units=8, block=block)
+    model = build_model(cfg, SHAPE, 3)
+    widths = [
+        layer.output.shape[-1] for layer in model.layers if layer.name.startswith(("conv", "block"))
+    ]
+    assert widths == [4, 6, 9]
+
+
 def test_residual_model_survives_h5_onnx_and_tflite(tmp_path):
     """Every export format handles the nested blocks and predicts what Keras predicts."""
     from imgclf.formats import export_and_check
