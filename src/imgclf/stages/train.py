@@ -170,9 +170,9 @@ def kept_metrics(history: dict[str, list[float]], epoch_index: int) -> dict[str,
     A refit has no validation split, so it reports ``train_accuracy``/``train_loss``: named
     apart so that a training fit is never read as a validation score.
     """
-    split = "val" if "val_loss" in history else "train"
-    prefix = "val_" if split == "val" else ""
-    return {f"{split}_{k}": history[prefix + k][epoch_index] for k in ("accuracy", "loss")}
+    if "val_loss" in history:
+        return {k: history[k][epoch_index] for k in ("val_accuracy", "val_loss")}
+    return {f"train_{k}": history[k][epoch_index] for k in ("accuracy", "loss")}
 
 
 def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
