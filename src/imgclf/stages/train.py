@@ -181,18 +181,16 @@ def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
     return int(np.argmin(scores) if monitor == "val_loss" else np.argmax(scores))
 
 
-def fit(
-    cfg: Config, arrays: dict[str, np.ndarray], n_classes: int, *, callbacks: Sequence[Any] = ()
-) -> tuple[Any, dict[str, list[float]]]:
-    """Build, compile and fit the model on the train split, validating every epoch on val.
+def prepare(
+    cfg: Config, arrays: dict[str, np.ndarray], n_classes: int
+) -> tuple[Any, Any, Any | None]:
+    """Seed Keras, then build the input pipelines and the compiled, untrained model.
 
-    Used by the sweeps (:mod:`imgclf.sweep`), which inject their own ``callbacks`` (MLflow
-    and Optuna pruning); the train stage's :func:`run` adds crash-safe resume on top of the
-    same pieces. Early stopping on ``train.monitor`` and NaN termination always apply. Seeds
-    Keras first, so every call (every sweep trial) starts from the same random state.
+    The one setup shared by :func:`fit` (sweeps) and :func:`run` (the stage): seeding first
+    makes every call, every sweep trial included, start from the same random state.
 
     Returns:
-        The fitted model (weights of the last epoch) and the per-epoch history.
+        The model, the training pipeline and the validation pipeline (None without validation).
     """
     import keras
 
@@ -204,6 +202,24 @@ def fit(
     model = build_model(cfg.model, input_shape, n_classes, augment=cfg.augment, seed=cfg.train.seed)
     steps_per_epoch = math.ceil(len(arrays["y_train"]) / cfg.train.batch_size)
     compile_model(model, cfg.optimizer, cfg.train, steps_per_epoch)
+    return model, train_ds, val_ds
+
+
+def fit(
+    cfg: Config, arrays: dict[str, np.ndarray], n_classes: int, *, callbacks: Sequence[Any] = ()
+) -> tuple[Any, dict[str, list[float]]]:
+    """Build, compile and fit the model on the train split, validating every epoch on val.
+
+    Used by the sweeps (:mod:`imgclf.sweep`), which inject their own ``callbacks`` (MLflow
+    and Optuna pruning); the train stage's :func:`run` adds crash-safe resume on top of the
+    same :func:`prepare`. Early stopping on ``train.monitor`` and NaN termination always apply.
+
+    Returns:
+        The fitted model (weights of the last epoch) and the per-epoch history.
+    """
+    import keras
+
+    model, train_ds, val_ds = prepare(cfg, arrays, n_classes)
     stopping = [
         keras.callbacks.TerminateOnNaN(),
         keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience),
@@ -222,23 +238,14 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
     """Train on ``in_dir``'s cached tensors and write the best model into ``out_dir``."""
     import keras
 
-    from imgclf.model import build_model, compile_model
-
     configure_tensorflow(cfg.train.threads)
-    keras.utils.set_random_seed(cfg.train.seed)
     arrays = load_dataset(in_dir / "dataset.npz")
     classes: list[str] = read_json(in_dir / "classes.json")
     if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
         raise ValueError(f"{in_dir}: the train or validation split is empty")
     if cfg.train.refit:
         arrays = refit_arrays(arrays)
-    train_ds, val_ds = make_datasets(arrays, len(classes), cfg.train.batch_size, cfg.train.seed)
-    input_shape = tuple(arrays["x_train"].shape[1:])
-    model = build_model(
-        cfg.model, input_shape, len(classes), augment=cfg.augment, seed=cfg.train.seed
-    )
-    steps_per_epoch = math.ceil(len(arrays["y_train"]) / cfg.train.batch_size)
-    compile_model(model, cfg.optimizer, cfg.train, steps_per_epoch)
+    model, train_ds, val_ds = prepare(cfg, arrays, len(classes))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     params = flatten(cfg, TRAIN_SECTIONS)
