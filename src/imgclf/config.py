@@ -47,7 +47,7 @@ class ModelConfig:
     name: str = "resnet"
     blocks: int = 4
     filters: int = 32
-    filter_growth: float = 2.0  # filters multiply by this from block to block
+    filter_growth: float = 1.5  # filters multiply by this from block to block
     kernel_size: int = 3
     dense_units: int = 128
     dropout: float = 0.3
