@@ -95,7 +95,8 @@ def test_cosine_schedule_decays_to_zero_over_the_training_steps():
 
 
 def test_residual_blocks_halve_the_resolution_and_add_a_shortcut():
-    model = build_model(ModelConfig(blocks=3, filters=4, dense_units=8, block="residual"), SHAPE, 3)
+    cfg = ModelConfig(blocks=3, filters=4, filter_growth=2.0, dense_units=8, block="residual")
+    model = build_model(cfg, SHAPE, 3)
     blocks = [layer for layer in model.layers if layer.name.startswith("block")]
     assert [b.output.shape[1:] for b in blocks] == [(12, 18, 4), (6, 9, 8), (3, 5, 16)]
     assert all(any(isinstance(x, keras.layers.Add) for x in b.layers) for b in blocks)
