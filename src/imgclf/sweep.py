@@ -173,9 +173,8 @@ def run_job(
     """
     import keras
 
-    from imgclf.stages.train import best_epoch_index, configure_tensorflow, fit
+    from imgclf.stages.train import best_epoch_index, fit
 
-    configure_tensorflow(cfg.train.threads)
     killed_on: tuple[type[BaseException], ...] = ()
     pruner_cb = None
     if link is not None:

@@ -184,10 +184,11 @@ def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
 def prepare(
     cfg: Config, arrays: dict[str, np.ndarray], n_classes: int
 ) -> tuple[Any, Any, Any | None]:
-    """Seed Keras, then build the input pipelines and the compiled, untrained model.
+    """Set TensorFlow's threads, seed Keras, then build the pipelines and the compiled model.
 
     The one setup shared by :func:`fit` (sweeps) and :func:`run` (the stage): seeding first
-    makes every call, every sweep trial included, start from the same random state.
+    makes every call, every sweep trial included, start from the same random state. The
+    threads take effect only before TensorFlow's first op in the process, so this comes first.
 
     Returns:
         The model, the training pipeline and the validation pipeline (None without validation).
@@ -196,6 +197,7 @@ def prepare(
 
     from imgclf.model import build_model, compile_model
 
+    configure_tensorflow(cfg.train.threads)
     keras.utils.set_random_seed(cfg.train.seed)
     train_ds, val_ds = make_datasets(arrays, n_classes, cfg.train.batch_size, cfg.train.seed)
     input_shape = tuple(arrays["x_train"].shape[1:])
@@ -238,7 +240,6 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
     """Train on ``in_dir``'s cached tensors and write the best model into ``out_dir``."""
     import keras
 
-    configure_tensorflow(cfg.train.threads)
     arrays = load_dataset(in_dir / "dataset.npz")
     classes: list[str] = read_json(in_dir / "classes.json")
     if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
