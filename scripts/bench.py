@@ -112,10 +112,10 @@ def accuracy_rows(clone: Path, seeds: list[int]) -> list[dict[str, Any]]:
 
 def input_throughput(clone: Path, batch_size: int) -> tuple[float, float]:
     """Images/s of one training epoch's input: cached tensors vs decode+resize per file."""
+    from imgclf.artifacts import load_dataset
     from imgclf.fileio import read_json
     from imgclf.images import load_resized
-    from imgclf.stages.preprocess import load_dataset
-    from imgclf.stages.train import make_datasets
+    from imgclf.training import make_datasets
 
     pre = clone / "artifacts" / "preprocess"
     arrays = load_dataset(pre / "dataset.npz")
@@ -152,8 +152,8 @@ def predict_speed(clone: Path, env: dict[str, str]) -> tuple[dict[str, float], d
     32 already-resized images, decoding excluded): the export folder's default format (ONNX
     through onnxruntime) and the ``.h5`` through Keras.
     """
+    from imgclf.artifacts import load_dataset
     from imgclf.predict import load_model
-    from imgclf.stages.preprocess import load_dataset
 
     export = clone / "artifacts" / "export"
     x = load_dataset(clone / "artifacts" / "preprocess" / "dataset.npz")["x_test"]

@@ -25,18 +25,13 @@ from typing import Any
 import numpy as np
 
 from imgclf import registry, tracking
+from imgclf.artifacts import load_dataset, read_leak_flags, read_test_rows
 from imgclf.config import Config
 from imgclf.errors import PromotionError
 from imgclf.fileio import read_json
 from imgclf.formats import read_fit
 from imgclf.images import ImageRejected, load_resized
-from imgclf.stages.evaluate import (
-    compute_metrics,
-    leakage_metrics,
-    read_leak_flags,
-    read_test_rows,
-)
-from imgclf.stages.preprocess import load_dataset
+from imgclf.metrics import compute_metrics, leakage_metrics
 from imgclf.tracking import VersionInfo
 
 log = logging.getLogger(__name__)

@@ -28,10 +28,10 @@ from mlflow.tracking import MlflowClient
 
 from imgclf import cli, resume, tracking
 from imgclf import model as model_module
+from imgclf.artifacts import save_dataset
 from imgclf.config import Config
 from imgclf.fileio import write_json
 from imgclf.stages import train
-from imgclf.stages.preprocess import save_dataset
 from tests.conftest import REPO_ROOT, TINY_CLASSES, draw_class_image, tiny_config
 
 IMGCLF = str(Path(sys.executable).with_name("imgclf"))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from imgclf import cli
+from imgclf import artifacts, cli
 from imgclf.stages import evaluate, export, ingest, preprocess, train
 from tests.conftest import REPO_ROOT, tiny_config
 
@@ -77,7 +77,7 @@ def test_ingest_indexes_every_file(pipeline):
 
 def test_preprocess_caches_tensors_and_plots(pipeline):
     art = pipeline["art"] / "preprocess"
-    arrays = preprocess.load_dataset(art / "dataset.npz")
+    arrays = artifacts.load_dataset(art / "dataset.npz")
     assert arrays["x_train"].shape[1:] == (32, 48, 3) and arrays["x_train"].dtype == np.uint8
     assert len(arrays["y_train"]) + len(arrays["y_val"]) == 48 and len(arrays["y_test"]) == 18
     assert all(3 <= c <= 6 for c in np.bincount(arrays["y_val"], minlength=3))  # ~val_fraction
@@ -116,7 +116,7 @@ def test_refit_trains_on_train_plus_val_for_every_epoch(pipeline, tmp_path):
     lines = (tmp_path / "train" / "history.csv").read_text().splitlines()
     assert lines[0] == "epoch,loss,accuracy,val_loss,val_accuracy" and len(lines) == 5
     assert all(line.endswith(",,") for line in lines[1:])
-    assert set(train.read_history(tmp_path / "train" / "history.csv")) == {"loss", "accuracy"}
+    assert set(artifacts.read_history(tmp_path / "train" / "history.csv")) == {"loss", "accuracy"}
     client = MlflowClient(pipeline["uri"])
     run = client.get_run(t.run_id)
     assert run.data.params["train.refit"] == "True"
@@ -190,7 +190,7 @@ def test_registered_version_holds_an_h5_that_predicts(pipeline, tmp_path):
     assert (local / "formats" / "model.onnx").is_file()
     assert (local / "formats" / "saved_model" / "saved_model.pb").is_file()
     model = keras.models.load_model(local / "formats" / "model.h5", compile=False)
-    x = preprocess.load_dataset(pipeline["art"] / "preprocess" / "dataset.npz")["x_test"]
+    x = artifacts.load_dataset(pipeline["art"] / "preprocess" / "dataset.npz")["x_test"]
     probs = model.predict(x, verbose=0)
     assert probs.shape == (18, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

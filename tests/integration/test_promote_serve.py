@@ -27,7 +27,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from imgclf import cli, registry, tracking
+from imgclf import artifacts, cli, registry, tracking
 from imgclf.config import FORMAT_NAMES
 from imgclf.fileio import read_json
 from imgclf.formats import FORMAT_FILES, IntegrityError, verify_files
@@ -210,7 +210,7 @@ def test_every_format_predicts_the_same_through_predict(reg, capsys):
     assert load_model(str(reg["art"] / "export")).format == "onnx"
     # The registry's copy of each format gives the same answers as the export folder's.
     onnx = load_model(f"models:/{NAME}/2", "onnx")
-    x = preprocess.load_dataset(reg["art"] / "preprocess" / "dataset.npz")["x_test"]
+    x = artifacts.load_dataset(reg["art"] / "preprocess" / "dataset.npz")["x_test"]
     np.testing.assert_allclose(
         onnx.predictor.predict(x),
         load_model(f"models:/{NAME}/2", "tflite").predictor.predict(x),
@@ -539,7 +539,7 @@ def test_promote_measures_a_version_on_the_test_files_prepared_its_way(reg, tmp_
 
     info = tracking.get_version(NAME, version="2")
     pre = reg["art"] / "preprocess"
-    x = preprocess.load_dataset(pre / "dataset.npz")
+    x = artifacts.load_dataset(pre / "dataset.npz")
     kw = {"y": x["y_test"], "leak": np.zeros(len(x["y_test"]), bool), "classes": list(TINY_CLASSES)}
     fit = reg["cfg"].data.fit
     same = measure(info, reg["cfg"], x=x["x_test"], **kw, fit=fit)

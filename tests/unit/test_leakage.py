@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from imgclf.leakage import Item, dhash, find_duplicates, hamming_matrix
-from imgclf.stages.evaluate import leakage_metrics, wilson_interval
+from imgclf.metrics import leakage_metrics, wilson_interval
 from imgclf.stages.preprocess import split_train_val
 
 

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
-from imgclf import study as st
 from imgclf.compose import compose_params
+from imgclf.sweeps import report
+from imgclf.sweeps import study as st
 from tests.conftest import REPO_ROOT
 
 
@@ -40,7 +41,7 @@ def test_best_config_puts_groups_in_defaults_and_skips_the_sweep(tmp_path):
     conf = tmp_path / "conf"
     shutil.copytree(REPO_ROOT / "conf", conf)
     overrides = ["sweep=cnn", "train.epochs=3", "optimizer=sgd", "optimizer.learning_rate=0.005"]
-    text = st.best_config_text(overrides, lambda key: (conf / key).is_dir(), "best of a test")
+    text = report.best_config_text(overrides, lambda key: (conf / key).is_dir(), "best of a test")
     assert text.startswith("# @package _global_\n# best of a test\n")
     body = yaml.safe_load(text)
     assert body["defaults"] == [{"override /optimizer": "sgd"}, "_self_"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from imgclf.artifacts import save_dataset
 from imgclf.config import ConfigError
 from imgclf.fileio import write_json
 from imgclf.formats import INPUT_SPEC
-from imgclf.stages.preprocess import save_dataset
-from imgclf.sweep import load_arrays
+from imgclf.sweeps.job import load_arrays
 from tests.conftest import tiny_config
 
 

@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
-from imgclf import cli, images
+from imgclf import artifacts, cli, images
 from imgclf.stages import ingest
 from tests.conftest import tiny_config
 from tests.unit.test_leakage import smooth_image
@@ -201,7 +201,7 @@ def test_ingest_index_marks_leaky_test_files_and_groups(messy, tmp_path):
     cfg = tiny_config(data={"min_side": 8, "max_rejected_fraction": 0.5})
     res = ingest.run(cfg, in_dir=root, out_dir=tmp_path / "ingest", track=False)
     assert (res.n_rejected, res.n_leaky_test, res.exact_groups_across_splits) == (5, 2, 1)
-    rows = {r["path"]: r for r in ingest.read_index(tmp_path / "ingest" / "index.csv")}
+    rows = {r["path"]: r for r in artifacts.read_index(tmp_path / "ingest" / "index.csv")}
     assert rows[f"{TEST}/cards/copy.png"]["leak"] == "1"
     assert rows[f"{TRAIN}/cards/0.png"]["leak"] == "1"
     assert rows[f"{TEST}/cards/0.png"]["leak"] == "0"

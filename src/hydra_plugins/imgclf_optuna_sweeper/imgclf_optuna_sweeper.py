@@ -15,7 +15,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from imgclf.sweep_settings import PrunerSettings, SamplerSettings, StudySettings
+from imgclf.sweeps.settings import PrunerSettings, SamplerSettings, StudySettings
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class ImgclfOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from imgclf.sweep import optimize
+        from imgclf.sweeps.optimize import optimize
 
         assert self.config is not None and self.hydra_context is not None
         raw: dict[str, Any] = {

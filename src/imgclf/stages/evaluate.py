@@ -18,20 +18,17 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
 from imgclf import plots, tracking
+from imgclf.artifacts import load_dataset, read_history, read_leak_flags
 from imgclf.config import Config
 from imgclf.fileio import read_json, write_json, write_text
 from imgclf.lineage import lineage_tags
-from imgclf.stages.preprocess import load_dataset
-from imgclf.stages.train import read_history
+from imgclf.metrics import compute_metrics, leakage_metrics
 
 log = logging.getLogger(__name__)
 
@@ -46,60 +43,6 @@ class EvaluateResult:
     n_leakfree: int = 0
 
 
-def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95 % for the default ``z``)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
-def read_test_rows(split_csv: Path) -> list[dict[str, str]]:
-    """``split_csv``'s test rows (path, class, leak, ...), in test-tensor order."""
-    with split_csv.open(newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if r["subset"] == "test"]
-
-
-def read_leak_flags(split_csv: Path, n_test: int) -> np.ndarray:
-    """Boolean flags, in test-tensor order: the test file has a twin in training."""
-    rows = read_test_rows(split_csv)
-    if len(rows) != n_test or "leak" not in (rows[0] if rows else {"leak": 0}):
-        raise ValueError(f"{split_csv}: does not match the test tensors; rerun preprocess")
-    return np.array([r["leak"] == "1" for r in rows], dtype=bool)
-
-
-def leakage_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, leak: np.ndarray, classes: list[str]
-) -> dict[str, Any]:
-    """Accuracy on the whole test set and on its leak-free part, with Wilson intervals."""
-    labels = list(range(len(classes)))
-    ok = y_true == y_pred
-    free = ~leak
-    out: dict[str, Any] = {"n_leakfree": int(free.sum()), "n_leaky": int(leak.sum())}
-    out["accuracy_ci95_low"], out["accuracy_ci95_high"] = wilson_interval(int(ok.sum()), len(ok))
-    if free.any():
-        out["leakfree_accuracy"] = float(ok[free].mean())
-        _, _, f1, _ = precision_recall_fscore_support(
-            y_true[free], y_pred[free], labels=labels, zero_division=0
-        )
-        out["leakfree_macro_f1"] = float(np.mean(f1))
-    else:  # JSON null: dvc metrics show prints "-" rather than a made-up number
-        out["leakfree_accuracy"] = out["leakfree_macro_f1"] = None
-    lo, hi = wilson_interval(int(ok[free].sum()), int(free.sum()))
-    out["leakfree_accuracy_ci95_low"], out["leakfree_accuracy_ci95_high"] = lo, hi
-    out["leaky_accuracy"] = float(ok[leak].mean()) if leak.any() else None
-    out["confusion_matrix"] = confusion_matrix(y_true, y_pred, labels=labels).tolist()
-    out["confusion_matrix_leakfree"] = (
-        confusion_matrix(y_true[free], y_pred[free], labels=labels).tolist()
-        if free.any()
-        else [[0] * len(labels) for _ in labels]
-    )
-    return out
-
-
 def _write_predictions(
     path: Path, classes: list[str], y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray
 ) -> None:
@@ -109,28 +52,6 @@ def _write_predictions(
     for t, p, pr in zip(y_true, y_pred, probs, strict=True):
         writer.writerow([classes[t], classes[p], f"{pr:.4f}"])
     write_text(path, buf.getvalue())
-
-
-def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) -> dict[str, Any]:
-    """Accuracy, macro F1 and per-class precision/recall/F1/support."""
-    labels = list(range(len(classes)))
-    precision, recall, f1, support = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(np.mean(f1)),
-        "n_test": int(len(y_true)),
-        "per_class": {
-            cls: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i, cls in enumerate(classes)
-        },
-    }
 
 
 def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) -> EvaluateResult:

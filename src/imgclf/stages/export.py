@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import registry, tracking
+from imgclf.artifacts import load_dataset
 from imgclf.config import Config
 from imgclf.errors import ExportError
 from imgclf.fileio import read_json, write_json
@@ -44,7 +45,6 @@ from imgclf.formats import (
     hash_tree,
 )
 from imgclf.lineage import lineage_tags
-from imgclf.stages.preprocess import load_dataset
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,6 @@ dhash, group = near-duplicate group within the split, leak = has a twin in the o
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf import plots
+from imgclf.artifacts import write_index
 from imgclf.config import Config
 from imgclf.errors import IngestError
 from imgclf.fileio import write_json, write_text
@@ -32,7 +31,6 @@ from imgclf.validate import Validation, render_card, validate_dataset
 
 log = logging.getLogger(__name__)
 
-INDEX_FIELDS = ("path", "class", "split", "sha256", "width", "height", "dhash", "group", "leak")
 CARD_FIGURES = ("class_counts.png", "sample_grid.png", "image_sizes.png")
 SAMPLES_PER_CLASS = 6
 
@@ -48,14 +46,6 @@ class IngestResult:
     n_leaky_test: int = 0
     exact_groups_across_splits: int = 0
     run_id: str | None = None
-
-
-def _write_index(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=INDEX_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: r[k] for k in INDEX_FIELDS} for r in rows)
-    write_text(path, buf.getvalue())
 
 
 def write_card(v: Validation, out_dir: Path, thumb: tuple[int, int] = (64, 96)) -> list[Path]:
@@ -97,7 +87,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, track: bool = True) -> Inge
 
     out_dir.mkdir(parents=True, exist_ok=True)
     index_path, report_path = out_dir / "index.csv", out_dir / "report.json"
-    _write_index(index_path, v.rows)
+    write_index(index_path, v.rows)
     write_json(report_path, v.report)
     write_json(out_dir / "leakage.json", v.duplicates)
     files = [index_path, report_path, out_dir / "leakage.json", *write_card(v, out_dir)]
@@ -171,9 +161,3 @@ def check_limits(v: Validation, report_path: Path) -> None:
     """Raise :class:`IngestError` when the dataset is not usable."""
     if v.problems:
         raise IngestError("; ".join(v.problems) + f"; see {report_path}")
-
-
-def read_index(index_path: Path) -> list[dict[str, str]]:
-    """Read the index written by :func:`run`."""
-    with index_path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))

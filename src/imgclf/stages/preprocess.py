@@ -23,12 +23,12 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from imgclf import plots
+from imgclf.artifacts import read_index, save_dataset
 from imgclf.config import Config, DataConfig
-from imgclf.fileio import atomic_path, read_json, write_json, write_text
+from imgclf.fileio import read_json, write_json, write_text
 from imgclf.formats import INPUT_SPEC
 from imgclf.images import load_resized
 from imgclf.parallel import map_in_processes
-from imgclf.stages.ingest import read_index
 
 log = logging.getLogger(__name__)
 
@@ -67,18 +67,6 @@ def split_train_val(
 def input_spec(data: DataConfig) -> dict[str, int | str]:
     """The model input's preparation: ``{"image_height", "image_width", "fit"}``."""
     return {"image_height": data.image_height, "image_width": data.image_width, "fit": data.fit}
-
-
-def save_dataset(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write the cached tensors atomically (uncompressed: loading is a memcpy)."""
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]
-
-
-def load_dataset(path: Path) -> dict[str, np.ndarray]:
-    """Load the cached tensors written by :func:`save_dataset`."""
-    with np.load(path) as npz:
-        return {k: npz[k] for k in npz.files}
 
 
 def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> PreprocessResult:

@@ -13,22 +13,17 @@ loss/accuracy/val_loss/val_accuracy, the val cells empty for a refit; a ``dvc pl
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from imgclf import resume, tracking
+from imgclf.artifacts import load_dataset, write_history
 from imgclf.config import Config, flatten
-from imgclf.fileio import atomic_path, read_json, write_json, write_text
+from imgclf.fileio import atomic_path, read_json, write_json
 from imgclf.lineage import lineage_tags
-from imgclf.stages.preprocess import load_dataset
+from imgclf.training import kept_metrics, prepare, refit_arrays
 
 log = logging.getLogger(__name__)
 
@@ -43,83 +38,6 @@ class TrainResult:
     val_accuracy: float | None  # None for a refit: validation was trained on
     val_loss: float | None
     model_path: Path
-
-
-def configure_tensorflow(threads: int) -> None:
-    """Thread pools: ``threads`` > 0 pins both, 0 lets TensorFlow use every core."""
-    import tensorflow as tf
-
-    if threads > 0:
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(threads)
-            tf.config.threading.set_inter_op_parallelism_threads(max(1, threads // 2))
-        except RuntimeError:  # already initialised in this process (tests, sweeps)
-            log.debug("TensorFlow thread pools already set; keeping them")
-
-
-def make_datasets(
-    arrays: dict[str, np.ndarray], n_classes: int, batch_size: int, seed: int
-) -> tuple[Any, Any | None]:
-    """tf.data pipelines over the in-memory tensors: shuffled train, ordered val, prefetched.
-
-    The validation pipeline is None when the validation split is empty (a refit).
-    """
-    import tensorflow as tf
-
-    def one_hot(y: np.ndarray) -> np.ndarray:
-        return np.eye(n_classes, dtype=np.float32)[y]
-
-    train = (
-        tf.data.Dataset.from_tensor_slices((arrays["x_train"], one_hot(arrays["y_train"])))
-        .shuffle(len(arrays["y_train"]), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    if len(arrays["y_val"]) == 0:
-        return train, None
-    val = (
-        tf.data.Dataset.from_tensor_slices((arrays["x_val"], one_hot(arrays["y_val"])))
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
-    )
-    return train, val
-
-
-def refit_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The train and validation splits as one training set (validation left empty)."""
-    return {
-        **arrays,
-        "x_train": np.concatenate([arrays["x_train"], arrays["x_val"]]),
-        "y_train": np.concatenate([arrays["y_train"], arrays["y_val"]]),
-        "x_val": arrays["x_val"][:0],
-        "y_val": arrays["y_val"][:0],
-    }
-
-
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-
-def write_history(path: Path, history: dict[str, list[float]]) -> None:
-    """Per-epoch metrics as CSV (epoch numbers from 1).
-
-    The columns are always the same four, so ``dvc plots`` and ``dvc exp show`` compare a refit
-    (no validation: its val cells are empty) with a validated run.
-    """
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["epoch", *HISTORY_KEYS])
-    for i in range(len(history["loss"])):
-        cells = (f"{history[k][i]:.6f}" if k in history else "" for k in HISTORY_KEYS)
-        writer.writerow([i + 1, *cells])
-    write_text(path, buf.getvalue())
-
-
-def read_history(path: Path) -> dict[str, list[float]]:
-    """Read :func:`write_history`'s CSV back into lists per metric (empty columns dropped)."""
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
-    return {k: [float(r[k]) for r in rows] for k in keys if all(r[k] for r in rows)}
 
 
 def _restore(ckpt: resume.Checkpointer, model: Any, experiment: str) -> resume.ResumeState:
@@ -162,78 +80,6 @@ def _start_logging(
     for epoch in range(state.epochs_done):
         if epoch not in logged:
             tracking.log_metrics({k: v[epoch] for k, v in state.history.items()}, step=epoch)
-
-
-def kept_metrics(history: dict[str, list[float]], epoch_index: int) -> dict[str, float]:
-    """The kept epoch's validation accuracy and loss, or its training ones without validation.
-
-    A refit has no validation split, so it reports ``train_accuracy``/``train_loss``: named
-    apart so that a training fit is never read as a validation score.
-    """
-    if "val_loss" in history:
-        return {k: history[k][epoch_index] for k in ("val_accuracy", "val_loss")}
-    return {f"train_{k}": history[k][epoch_index] for k in ("accuracy", "loss")}
-
-
-def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
-    """Index of the best epoch by ``monitor`` (lowest val_loss or highest val_accuracy)."""
-    scores = np.array(history[monitor])
-    return int(np.argmin(scores) if monitor == "val_loss" else np.argmax(scores))
-
-
-def prepare(
-    cfg: Config, arrays: dict[str, np.ndarray], n_classes: int
-) -> tuple[Any, Any, Any | None]:
-    """Set TensorFlow's threads, seed Keras, then build the pipelines and the compiled model.
-
-    The one setup shared by :func:`fit` (sweeps) and :func:`run` (the stage): seeding first
-    makes every call, every sweep trial included, start from the same random state. The
-    threads take effect only before TensorFlow's first op in the process, so this comes first.
-
-    Returns:
-        The model, the training pipeline and the validation pipeline (None without validation).
-    """
-    import keras
-
-    from imgclf.model import build_model, compile_model
-
-    configure_tensorflow(cfg.train.threads)
-    keras.utils.set_random_seed(cfg.train.seed)
-    train_ds, val_ds = make_datasets(arrays, n_classes, cfg.train.batch_size, cfg.train.seed)
-    input_shape = tuple(arrays["x_train"].shape[1:])
-    model = build_model(cfg.model, input_shape, n_classes, augment=cfg.augment, seed=cfg.train.seed)
-    steps_per_epoch = math.ceil(len(arrays["y_train"]) / cfg.train.batch_size)
-    compile_model(model, cfg.optimizer, cfg.train, steps_per_epoch)
-    return model, train_ds, val_ds
-
-
-def fit(
-    cfg: Config, arrays: dict[str, np.ndarray], n_classes: int, *, callbacks: Sequence[Any] = ()
-) -> tuple[Any, dict[str, list[float]]]:
-    """Build, compile and fit the model on the train split, validating every epoch on val.
-
-    Used by the sweeps (:mod:`imgclf.sweep`), which inject their own ``callbacks`` (MLflow
-    and Optuna pruning); the train stage's :func:`run` adds crash-safe resume on top of the
-    same :func:`prepare`. Early stopping on ``train.monitor`` and NaN termination always apply.
-
-    Returns:
-        The fitted model (weights of the last epoch) and the per-epoch history.
-    """
-    import keras
-
-    model, train_ds, val_ds = prepare(cfg, arrays, n_classes)
-    stopping = [
-        keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience),
-    ]
-    hist = model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=cfg.train.epochs,
-        callbacks=[*stopping, *callbacks],
-        verbose=2,
-    )
-    return model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
 
 
 def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:

@@ -1,0 +1,161 @@
+"""``imgclf-train``: the Hydra app over ``conf/``, and a grid sweep's parent run.
+
+``imgclf-train`` composes ``conf/`` like ``dvc exp run`` does, validates it against the typed
+schema, trains on the train split and scores on the validation split (never the test set). One
+job is one MLflow run; in a sweep (``-m``) every job is a child run of one parent run per sweep.
+
+- Grid: ``imgclf-train -m optimizer=adam,sgd model.filters=16,32`` (Hydra's basic sweeper).
+  The parent run belongs to :class:`MlflowSweepCallback` (``hydra.callbacks`` in config.yaml),
+  which ends it and prints the table of jobs.
+- Optuna: ``imgclf-train -m hydra/sweeper=imgclf_optuna sweep=cnn`` (the plugin in
+  ``hydra_plugins.imgclf_optuna_sweeper`` runs :func:`imgclf.sweeps.optimize.optimize`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from imgclf import interrupts, tracking
+from imgclf.config import Config, config_from_dict
+from imgclf.lineage import lineage_tags
+from imgclf.sweeps.job import ENV_CONF_DIR, STATE, conf_dir, load_arrays, preprocess_dir, run_job
+
+log = logging.getLogger(__name__)
+
+
+# --- the Hydra app ----------------------------------------------------------------------------
+
+
+def task(dcfg: DictConfig) -> dict[str, float]:
+    """One Hydra job: validate the composed config, train, score on val, log the run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    raw = OmegaConf.to_container(dcfg, resolve=True)
+    assert isinstance(raw, dict)
+    cfg = config_from_dict({str(k): v for k, v in raw.items()}, source="imgclf-train")
+    if cfg.train.refit:  # a job is scored on validation, so it must not train on it
+        log.info("imgclf-train validates every job: train.refit applies to the train stage only")
+        cfg = replace(cfg, train=replace(cfg.train, refit=False))
+    hc = HydraConfig.get()
+    overrides = [str(o) for o in hc.overrides.task]
+    multirun = hc.mode == RunMode.MULTIRUN
+    arrays, classes = load_arrays(cfg, preprocess_dir())
+    link = STATE.link
+    parent = None
+    if multirun:
+        parent = STATE.parent_run_id or _open_grid_parent(cfg, str(hc.sweep.dir))
+    if link is not None:
+        run_name = f"trial-{link.trial.number}"
+    else:
+        run_name = f"job-{hc.job.num}" if multirun else "imgclf-train"
+    tags = {
+        **lineage_tags(),
+        "stage": "sweep" if multirun else "imgclf-train",
+        "imgclf.overrides": " ".join(overrides)[:5000],
+    }
+    if link is not None:
+        tags |= {"optuna.study": link.study_name, "optuna.trial": str(link.trial.number)}
+    result = run_job(
+        cfg, arrays, classes, parent_run_id=parent, run_name=run_name, tags=tags, link=link
+    )
+    STATE.rows.append(
+        {
+            "job": hc.job.num if multirun else 0,
+            "val_accuracy": result.val_accuracy,
+            "val_loss": result.val_loss,
+            "epochs": result.epochs_run,
+            "overrides": " ".join(overrides),
+        }
+    )
+    return result.metrics()
+
+
+def _open_grid_parent(cfg: Config, sweep_dir: str) -> str:
+    """The parent run of a grid sweep, created by its first job (one sweep = one process)."""
+    STATE.parent_run_id = tracking.open_parent_run(
+        cfg.mlflow.experiment_name,
+        run_name=f"sweep {Path(sweep_dir).name}",
+        tags={**lineage_tags(), "stage": "sweep", "imgclf.sweep_dir": sweep_dir},
+    )
+    STATE.parent_owned = True
+    return STATE.parent_run_id
+
+
+class MlflowSweepCallback(Callback):
+    """Ends a grid sweep's parent run and prints the table of its jobs (``hydra.callbacks``)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        STATE.parent_run_id = None
+        STATE.parent_owned = False
+        STATE.rows.clear()
+        STATE.summary_printed = False
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        from imgclf.sweeps.report import format_table
+
+        if STATE.parent_owned and STATE.parent_run_id:
+            tracking.end_run_by_id(STATE.parent_run_id)
+            STATE.parent_owned = False
+        if not STATE.summary_printed and STATE.rows:
+            print(format_table(_varying_overrides(STATE.rows)))
+            print(f"{len(STATE.rows)} jobs; MLflow parent run {STATE.parent_run_id}")
+            sys.stdout.flush()
+
+
+def _varying_overrides(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The jobs' rows with only the overrides that differ between jobs (what the grid swept)."""
+    split = [dict(o.split("=", 1) for o in r["overrides"].split() if "=" in o) for r in rows]
+    keys = {k for d in split for k in d}
+    varying = [k for k in sorted(keys) if len({d.get(k) for d in split}) > 1]
+    return [
+        {**r, "overrides": " ".join(f"{k}={d.get(k)}" for k in varying)}
+        for r, d in zip(rows, split, strict=True)
+    ]
+
+
+def main() -> None:
+    """Entry point of ``imgclf-train``: Hydra over the project's ``conf/``."""
+    import hydra
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    conf = conf_dir()
+    if not (conf / "config.yaml").is_file():
+        sys.stderr.write(
+            f"imgclf-train: {conf}/config.yaml not found; run it inside the project "
+            f"or set {ENV_CONF_DIR}\n"
+        )
+        sys.exit(2)
+    app = hydra.main(config_path=str(conf), config_name="config", version_base=None)(task)
+    try:
+        with interrupts.handlers():  # SIGTERM unwinds like Ctrl-C: the job's run ends KILLED
+            app()
+    except KeyboardInterrupt:
+        _end_grid_parent("KILLED")
+        raise
+    except SystemExit as exc:  # Hydra reports a failed job and exits 1
+        if exc.code not in (0, None):
+            _end_grid_parent("FAILED")
+        raise
+    except BaseException:
+        _end_grid_parent("FAILED")
+        raise
+
+
+def _end_grid_parent(status: str) -> None:
+    """A grid sweep that stops early ends its parent run truthfully, not left RUNNING."""
+    if STATE.parent_owned and STATE.parent_run_id:
+        STATE.parent_owned = False
+        try:
+            tracking.end_run_by_id(STATE.parent_run_id, status)
+        except Exception:  # noqa: BLE001 - the original error matters more
+            log.exception("could not mark sweep parent run %s %s", STATE.parent_run_id, status)
