@@ -5,13 +5,19 @@ The fast suite never needs the real data, the network or a GPU.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import functools
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
+from imgclf.compose import compose_dict
 from imgclf.config import Config, config_from_dict
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -57,31 +63,44 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("tiny") / "id-tiny")
 
 
+# The tests' small override on top of conf/: a config that trains in seconds on the tiny dataset.
+# Every other value (augmentation, schedule, export formats, promotion floors...) is conf/'s own,
+# so a default changed there reaches the tests too.
+TINY_OVERRIDE: dict[str, dict[str, Any]] = {
+    "data": {
+        "image_height": 32,
+        "image_width": 48,
+        "val_fraction": 0.25,
+        "min_side": 8,
+        "workers": 1,
+    },
+    # Widths 8, 16: pinned, so the tests' 4-epoch fits do not follow the default's width
+    "model": {"blocks": 2, "filters": 8, "filter_growth": 2.0, "dense_units": 16, "dropout": 0.1},
+    "optimizer": {"name": "adam", "learning_rate": 0.003},
+    "train": {"epochs": 4, "batch_size": 8, "patience": 10, "threads": 2, "refit": False},
+    "mlflow": {"experiment_name": "tiny", "registered_model_name": "tiny-model"},
+}
+
+
+@functools.cache
+def composed_conf() -> dict[str, Any]:
+    """conf/ composed once per session (Hydra takes a few tenths of a second per composition)."""
+    return compose_dict(REPO_ROOT / "conf")
+
+
 def tiny_config(**sections: dict) -> Config:
-    """A config that trains in seconds on the tiny dataset."""
-    raw: dict = {
-        "data": {
-            "image_height": 32,
-            "image_width": 48,
-            "val_fraction": 0.25,
-            "min_side": 8,
-            "workers": 1,
-        },
-        # Widths 8, 16: pinned, so the tests' 4-epoch fits do not follow the default's width
-        "model": {
-            "blocks": 2,
-            "filters": 8,
-            "filter_growth": 2.0,
-            "dense_units": 16,
-            "dropout": 0.1,
-        },
-        "optimizer": {"name": "adam", "learning_rate": 0.003},
-        "train": {"epochs": 4, "batch_size": 8, "patience": 10, "threads": 2, "refit": False},
-        "mlflow": {"experiment_name": "tiny", "registered_model_name": "tiny-model"},
-    }
-    for name, values in sections.items():
-        raw.setdefault(name, {}).update(values)
-    return config_from_dict(raw)
+    """conf/ + :data:`TINY_OVERRIDE` + ``sections`` (e.g. ``train={"epochs": 2}``), validated."""
+    raw = copy.deepcopy(composed_conf())
+    for overrides in (TINY_OVERRIDE, sections):
+        for name, values in overrides.items():
+            raw.setdefault(name, {}).update(values)
+    return config_from_dict(raw, source="tests: conf/ + tiny override")
+
+
+def write_params(path: Path, cfg: Config) -> Path:
+    """Write ``cfg`` as a whole params file (what `make params` writes), for the CLI's --params."""
+    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg)), encoding="utf-8")
+    return path
 
 
 @pytest.fixture

@@ -145,13 +145,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from imgclf.config import Config, load_config
+    from imgclf.compose import compose_config
+    from imgclf.config import load_config
     from imgclf.dataset import detect_splits
     from imgclf.validate import render_text, validate_dataset
 
-    # Without params.yaml (any folder, outside the project) the schema defaults apply.
+    # Without params.yaml (any folder, outside the project) conf/'s composition applies.
     params = Path(args.params or "params.yaml")
-    cfg = load_config(params) if args.params or params.is_file() else Config()
+    cfg = load_config(params) if args.params or params.is_file() else compose_config()
     root = Path(args.dataset)
     v = validate_dataset(root, cfg.data, detect_splits(root, cfg.data.train_dir, cfg.data.test_dir))
     if args.json:

@@ -1,19 +1,30 @@
-"""Typed schemas for every config section, and the loader that validates params.yaml against them.
+"""Typed schemas for every config section, and the loader that validates a config against them.
 
-`conf/` (Hydra) is edited by hand; `params.yaml` is its composed snapshot. Stages read only
-`params.yaml`, through :func:`load_config`, which fails before any work on an unknown key, a wrong
-type or an out-of-range value, naming the key.
+The schemas hold types and ranges only; the values live in ``conf/`` (Hydra), and nowhere else.
+``params.yaml`` is conf/'s composed snapshot: stages read it through :func:`load_config`, while
+``imgclf-train``, scripts and tests compose ``conf/`` plus overrides (:mod:`imgclf.compose`).
+Either way the result fails before any work on an unknown, missing, mistyped or out-of-range key,
+naming it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigKeyError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
+
+from imgclf.errors import ImgclfError
 
 OPTIMIZER_NAMES = ("sgd", "adam", "adamw")
 MODEL_NAMES = ("cnn", "seed_cnn", "resnet")
@@ -22,83 +33,89 @@ SCHEDULES = ("constant", "cosine")
 FITS = ("stretch", "crop_tall", "crop")  # data.fit, see imgclf.images.fit_aspect
 
 
-class ConfigError(ValueError):
+class ConfigError(ImgclfError, ValueError):
     """A config file or key is invalid; the message names it and says what to do."""
+
+
+# The schemas hold types only: every value comes from conf/ (through params.yaml or a Hydra
+# composition). A field has no default, so OmegaConf reads it as MISSING ("???") and a key that
+# conf/ does not set fails validation naming it, and constructing a section in Python without
+# every value is a TypeError instead of a silent second copy of conf/.
 
 
 @dataclass
 class DataConfig:
-    train_dir: str = "Training_data"
-    test_dir: str = "Testing_Data"
-    image_height: int = 64
-    image_width: int = 96
-    fit: str = "crop_tall"
-    val_fraction: float = 0.2
-    split_seed: int = 42
-    min_side: int = 16
-    max_pixels: int = 60_000_000
-    max_rejected_fraction: float = 0.05
-    near_dup_distance: int = 3
-    workers: int = 0
+    train_dir: str
+    test_dir: str
+    image_height: int
+    image_width: int
+    fit: str
+    val_fraction: float
+    split_seed: int
+    min_side: int
+    max_pixels: int
+    max_rejected_fraction: float
+    near_dup_distance: int
+    workers: int
 
 
 @dataclass
 class ModelConfig:
-    name: str = "resnet"
-    blocks: int = 4
-    filters: int = 32
-    filter_growth: float = 1.5  # filters multiply by this from block to block
-    kernel_size: int = 3
-    dense_units: int = 128
-    dropout: float = 0.3
-    batch_norm: bool = True
-    global_pool: bool = True
-    block: str = "residual"
+    name: str
+    blocks: int
+    filters: int
+    filter_growth: float  # filters multiply by this from block to block
+    kernel_size: int
+    dense_units: int
+    dropout: float
+    batch_norm: bool
+    global_pool: bool
+    block: str
 
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adam"
-    learning_rate: float = 2e-3
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    schedule: str = "cosine"
+    name: str
+    learning_rate: float
+    momentum: float
+    weight_decay: float
+    schedule: str
 
 
 @dataclass
 class AugmentConfig:
-    enabled: bool = True
-    rotation: float = 0.02
-    zoom: float = 0.1
-    translation: float = 0.05
-    contrast: float = 0.1
-    brightness: float = 0.1
-    perspective: float = 0.0
-    perspective_scale: float = 1.0
+    enabled: bool
+    rotation: float
+    zoom: float
+    translation: float
+    contrast: float
+    brightness: float
+    perspective: float
+    perspective_scale: float
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 60
-    batch_size: int = 32
-    patience: int = 10
-    monitor: str = "val_loss"
-    seed: int = 42
-    label_smoothing: float = 0.1
-    threads: int = 0
-    refit: bool = True  # train stage: fit train + val for all epochs (conf/train/default.yaml)
+    epochs: int
+    batch_size: int
+    patience: int
+    monitor: str
+    seed: int
+    label_smoothing: float
+    threads: int
+    refit: bool  # train stage: fit train + val for all epochs
 
 
 @dataclass
 class MlflowConfig:
-    experiment_name: str = "idcards"
-    registered_model_name: str = "idcards"
+    experiment_name: str
+    registered_model_name: str
 
 
 @dataclass
 class EvaluateConfig:
-    batch_size: int = 64
-    normalize_confusion: bool = False
+    batch_size: int
+    normalize_confusion: bool
 
 
 FORMAT_NAMES = ("h5", "keras", "saved_model", "tflite", "onnx")
@@ -107,34 +124,34 @@ PROMOTE_METRICS = ("accuracy", "leakfree_accuracy", "macro_f1", "leakfree_macro_
 
 @dataclass
 class ExportConfig:
-    challenger_alias: str = "challenger"
-    champion_alias: str = "champion"
-    formats: list[str] = field(default_factory=lambda: list(FORMAT_NAMES))
-    parity_samples: int = 32
-    parity_max_abs_diff: float = 1e-4
+    challenger_alias: str
+    champion_alias: str
+    formats: list[str]
+    parity_samples: int
+    parity_max_abs_diff: float
 
 
 @dataclass
 class PromoteConfig:
-    min_accuracy: float = 0.8
-    min_leakfree_accuracy: float = 0.7
-    metric: str = "leakfree_accuracy"
-    min_margin: float = 0.0
-    format: str = "h5"
-    batch_size: int = 64
+    min_accuracy: float
+    min_leakfree_accuracy: float
+    metric: str
+    min_margin: float
+    format: str
+    batch_size: int
 
 
 @dataclass
 class Config:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    promote: PromoteConfig = field(default_factory=PromoteConfig)
+    data: DataConfig
+    model: ModelConfig
+    optimizer: OptimizerConfig
+    augment: AugmentConfig
+    train: TrainConfig
+    mlflow: MlflowConfig
+    evaluate: EvaluateConfig
+    export: ExportConfig
+    promote: PromoteConfig
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -204,36 +221,63 @@ def _check_ranges(cfg: Config) -> None:
             raise ConfigError(f"invalid value for '{key}': {why}")
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
-    """Validate a plain mapping against the :class:`Config` schema.
+FIX_IN_CONF = "fix it in conf/ and run `make params`"
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>", fix: str = FIX_IN_CONF) -> Config:
+    """Validate a plain mapping (a whole composed config) against the :class:`Config` schema.
+
+    Args:
+        source: where ``raw`` came from, to start the message with (a file, a composition).
+        fix: what to do, to end the message with.
 
     Raises:
-        ConfigError: naming the source and the offending key.
+        ConfigError: one line naming the source and the key: unknown (with the closest schema
+            key), missing, of the wrong type or out of range.
     """
-    schema = OmegaConf.structured(Config)
     try:
-        merged = OmegaConf.merge(schema, raw)
+        merged = OmegaConf.merge(OmegaConf.structured(Config), raw)
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        key = getattr(exc, "full_key", None) or "?"
-        msg = str(exc).splitlines()[0]
-        raise ConfigError(
-            f"{source}: bad config key '{key}': {msg}. Fix it in conf/ (or params.yaml) "
-            "and run again."
-        ) from exc
+        raise ConfigError(f"{source}: {_describe(exc)}; {fix}") from exc
     assert isinstance(cfg, Config)
     try:
         _check_ranges(cfg)
     except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from exc
+        raise ConfigError(f"{source}: {exc}; {fix}") from exc
     return cfg
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    """OmegaConf's failure as a phrase naming the dotted key (its own text spans lines)."""
+    key = str(getattr(exc, "full_key", None) or "?")
+    if isinstance(exc, MissingMandatoryValue):
+        return f"no value for '{key}'"
+    if isinstance(exc, ConfigKeyError):
+        close = difflib.get_close_matches(key, schema_keys(key), n=1)
+        return f"unknown key '{key}'" + (f" (did you mean '{close[0]}'?)" if close else "")
+    return f"bad value for '{key}': {str(exc).splitlines()[0]}"
+
+
+def schema_keys(key: str) -> list[str]:
+    """The dotted keys the schema allows where ``key`` stands (its siblings), for suggestions."""
+    parent = key.rpartition(".")[0]
+    cls: Any = Config
+    for part in parent.split(".") if parent else []:
+        cls = typing.get_type_hints(cls).get(part)
+        if not dataclasses.is_dataclass(cls):
+            return []
+    prefix = f"{parent}." if parent else ""
+    return [prefix + f.name for f in dataclasses.fields(cls)]
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:
     """Load and validate the composed params file (normally ``params.yaml``)."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: params file not found; run from the project root.")
+        raise ConfigError(
+            f"{path}: params file not found; run from the project root (`make params` writes it)"
+        )
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from imgclf.errors import ImgclfError
 
-class DatasetError(ValueError):
+
+class DatasetError(ImgclfError, ValueError):
     """The dataset layout is unusable; the message names the folder and what to do."""
 
 

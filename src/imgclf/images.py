@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from imgclf.config import FITS  # how an image meets the model's aspect (data.fit)
+from imgclf.errors import ImgclfError
 
 # Reason codes, stable strings that reports and tests rely on.
 EMPTY_FILE = "empty_file"
@@ -29,7 +30,7 @@ UNREADABLE = "unreadable"
 DEFAULT_MAX_PIXELS = 60_000_000
 
 
-class ImageRejected(Exception):
+class ImageRejected(ImgclfError):
     """An image file cannot be used; ``reason`` is one of the module's reason codes."""
 
     def __init__(self, path: Path | str, reason: str, detail: str = "") -> None:

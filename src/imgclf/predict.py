@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.dataset import is_hidden
+from imgclf.errors import ImgclfError
 from imgclf.fileio import read_json
 from imgclf.formats import FORMAT_FILES, SUFFIX_FORMATS, Predictor, read_fit
 from imgclf.images import ImageRejected, load_resized
@@ -22,7 +23,7 @@ DEFAULT_MODEL_URI = "models:/idcards@champion"
 DEFAULT_FORMATS = ("onnx", "h5")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(ImgclfError, RuntimeError):
     """The model cannot be found, verified or loaded; the message says which and what to do."""
 
 

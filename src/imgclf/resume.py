@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgclf.errors import ImgclfError
 from imgclf.fileio import fsync, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ LOCK_NAME = "train.lock"
 _EPOCH_PREFIX = "epoch-"
 
 
-class TrainingBusyError(RuntimeError):
+class TrainingBusyError(ImgclfError, RuntimeError):
     """Another process is training into the same output folder."""
 
 

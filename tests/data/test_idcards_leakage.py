@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclf.config import DataConfig
+from imgclf.compose import compose_config
 from imgclf.validate import validate_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,7 +17,8 @@ DATA = next((p for p in CANDIDATES if p.is_dir()), CANDIDATES[0])
 def test_idcards_leakage_matches_data_notes():
     if not DATA.is_dir():
         pytest.skip("neither data/id-cards (`dvc pull data.dvc`) nor ../shared/datasets/id-cards")
-    v = validate_dataset(DATA, DataConfig(), ("Training_data", "Testing_Data"))
+    data_cfg = compose_config(ROOT / "conf").data
+    v = validate_dataset(DATA, data_cfg, ("Training_data", "Testing_Data"))
     s = v.duplicates["summary"]
     assert (v.report["n_accepted"], v.report["n_rejected"]) == (750, 0)
     assert s["exact_groups_across_splits"] == 64

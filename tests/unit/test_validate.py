@@ -16,7 +16,7 @@ from PIL import Image
 
 from imgclf import artifacts, cli, images
 from imgclf.stages import ingest
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, write_params
 from tests.unit.test_leakage import smooth_image
 
 TRAIN, TEST = "Training_data", "Testing_Data"
@@ -76,8 +76,9 @@ def messy(tmp_path):
     (root / TEST / "cards" / "copy.png").write_bytes(src.read_bytes())
     small = Image.open(root / TRAIN / "letters" / "1.png").resize((90, 60))
     small.save(root / TEST / "letters" / "small.jpg", format="JPEG", quality=95)
-    params = tmp_path / "params.yaml"
-    params.write_text("data:\n  min_side: 8\n  max_rejected_fraction: 0.5\n  workers: 1\n")
+    params = write_params(
+        tmp_path / "params.yaml", tiny_config(data={"max_rejected_fraction": 0.5})
+    )
     return root, params
 
 
@@ -213,8 +214,9 @@ def test_ingest_cli_over_the_limit_exits_2_with_one_line(
     messy, tmp_path, mlflow_store, caplog, capsys
 ):
     root, _ = messy
-    params = tmp_path / "limits.yaml"
-    params.write_text("data:\n  min_side: 8\n  max_rejected_fraction: 0.1\n  workers: 1\n")
+    params = write_params(
+        tmp_path / "limits.yaml", tiny_config(data={"max_rejected_fraction": 0.1})
+    )
     code = cli.main(
         ["ingest", "--params", str(params), "--data", str(root), "--out", str(tmp_path / "out")]
     )

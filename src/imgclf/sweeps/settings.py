@@ -8,12 +8,14 @@ standard library; :mod:`imgclf.study` turns the settings into Optuna objects.
 import logging
 from dataclasses import dataclass, field
 
+from imgclf.errors import ImgclfError
+
 log = logging.getLogger(__name__)
 
 OBJECTIVES = {"val_accuracy": "maximize", "val_loss": "minimize"}
 
 
-class SweepConfigError(ValueError):
+class SweepConfigError(ImgclfError, ValueError):
     """The sweep settings are invalid or disagree with the stored study; the message says which."""
 
 
