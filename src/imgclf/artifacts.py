@@ -1,18 +1,187 @@
-"""Every stage output: its file name, and its typed read and write, in one place.
+"""Every stage output: its folder, its file names and its typed read and write, in one place.
 
-Stages, sweeps, promote and the benchmark read each other's outputs only through here, so a
-file name such as ``dataset.npz`` appears once.
+One class per stage output folder (plus :class:`ModelFolder`, the exported model's files, the
+same in ``artifacts/export/formats`` and in a registry version's ``formats/``). On an instance an
+attribute is a path (``PreprocessOutputs(root).dataset``); on the class it is the file's entry,
+so ``PreprocessOutputs.dataset.name == "dataset.npz"``. Stages, sweeps, promote, predict and the
+benchmark reach each other's outputs only through here, so each file name appears once in the
+code; ``dvc.yaml`` repeats the paths, and tests/unit/test_artifacts.py checks that they agree.
+Every write is atomic (:mod:`imgclf.fileio`): a killed stage never leaves half a file.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any, ClassVar, Self, overload
 
 import numpy as np
 
-from imgclf.fileio import atomic_path, write_text
+from imgclf.config import FITS, FORMAT_NAMES
+from imgclf.fileio import atomic_path, read_json, write_json, write_text
+
+ARTIFACTS_DIR = "artifacts"  # the project's stage outputs: artifacts/<stage>/
+# Where each exported format lives inside a model folder (a SavedModel is a folder).
+FORMAT_FILES: dict[str, str] = {
+    "h5": "model.h5",
+    "keras": "model.keras",
+    "saved_model": "saved_model",
+    "tflite": "model.tflite",
+    "onnx": "model.onnx",
+}
+assert tuple(FORMAT_FILES) == FORMAT_NAMES
+
+
+class File:
+    """A file in a stage's output folder: its path on an instance, this entry on the class."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> File: ...
+    @overload
+    def __get__(self, obj: Outputs, owner: type | None = None) -> Path: ...
+    def __get__(self, obj: Outputs | None, owner: type | None = None) -> Path | File:
+        return self if obj is None else obj.root / self.name
+
+
+class Outputs:
+    """A stage's output folder (``root``); subclasses name its files as :class:`File` s."""
+
+    STAGE: ClassVar[str]
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    @classmethod
+    def in_project(cls, project: Path) -> Self:
+        """The folder this stage writes in ``project`` (``artifacts/<stage>``, as dvc.yaml)."""
+        return cls(project / ARTIFACTS_DIR / cls.STAGE)
+
+    @classmethod
+    def names(cls) -> dict[str, str]:
+        """``{attribute: file name}`` of every file this folder holds."""
+        return {k: v.name for c in cls.__mro__ for k, v in vars(c).items() if isinstance(v, File)}
+
+
+# The files that describe a model's input and output, kept beside the tensors by preprocess
+# and beside the model files by export, so predict and serve prepare images as training did.
+class _ModelDescription(Outputs):
+    classes = File("classes.json")
+    input_spec = File("input.json")  # image_height, image_width, data.fit
+
+    def read_classes(self) -> list[str]:
+        return [str(c) for c in read_json(self.classes)]
+
+    def write_classes(self, classes: list[str]) -> None:
+        write_json(self.classes, classes)
+
+    def read_input_spec(self) -> dict[str, Any]:
+        return dict(read_json(self.input_spec))
+
+    def write_input_spec(self, spec: Mapping[str, Any]) -> None:
+        write_json(self.input_spec, dict(spec))
+
+    def read_fit(self) -> str:
+        """``data.fit`` from :attr:`input_spec`; ``stretch`` without one (everything made
+        before the file existed was stretched).
+
+        Raises:
+            ValueError: the recorded fit is not one this version knows (names the file).
+        """
+        if not self.input_spec.is_file():
+            return "stretch"
+        fit = read_json(self.input_spec).get("fit", "stretch")
+        if fit not in FITS:
+            raise ValueError(
+                f"{self.input_spec}: fit {fit!r} is not one of {FITS}; re-run preprocess/export"
+            )
+        return str(fit)
+
+
+class _Figures(Outputs):
+    class_counts_png = File("class_counts.png")
+    sample_grid_png = File("sample_grid.png")
+
+
+class IngestOutputs(_Figures):
+    STAGE = "ingest"
+    index = File("index.csv")
+    report = File("report.json")  # counts, rejected and ignored entries, duplicate summary
+    leakage = File("leakage.json")
+    card = File("dataset_card.md")
+    image_sizes_png = File("image_sizes.png")
+    mlflow_run = File("mlflow_run.json")
+
+    INDEX_FIELDS = ("path", "class", "split", "sha256", "width", "height", "dhash", "group", "leak")
+
+    @property
+    def card_figures(self) -> list[Path]:
+        """The figures ``dataset_card.md`` shows, in its order."""
+        return [self.class_counts_png, self.sample_grid_png, self.image_sizes_png]
+
+    def write_index(self, rows: list[dict]) -> None:
+        write_csv(self.index, self.INDEX_FIELDS, ([r[k] for k in self.INDEX_FIELDS] for r in rows))
+
+    def read_index(self) -> list[dict[str, str]]:
+        return read_index(self.index)
+
+    def read_classes(self) -> list[str]:
+        return list(read_json(self.report)["classes"])
+
+    def write_run_id(self, run_id: str) -> None:
+        write_json(self.mlflow_run, {"run_id": run_id})
+
+
+def read_index(path: Path) -> list[dict[str, str]]:
+    """Read ingest's ``index.csv``."""
+    with path.open(newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+class PreprocessOutputs(_ModelDescription, _Figures):
+    STAGE = "preprocess"
+    dataset = File("dataset.npz")  # x_/y_ train, val, test: uint8 RGB and int labels
+    split = File("split.csv")  # each file's subset, near-duplicate group and leak flag
+    counts = File("counts.json")
+
+    SPLIT_FIELDS = ("path", "class", "subset", "group", "leak")
+
+    def save_dataset(self, arrays: dict[str, np.ndarray]) -> None:
+        save_dataset(self.dataset, arrays)
+
+    def load_dataset(self) -> dict[str, np.ndarray]:
+        return load_dataset(self.dataset)
+
+    def write_split(self, subsets: Mapping[str, list[dict[str, str]]]) -> None:
+        """``subsets``' rows (ingest's index rows), subset by subset in tensor order."""
+        rows = (
+            [r["path"], r["class"], s, r["group"], r["leak"]]
+            for s, rs in subsets.items()
+            for r in rs
+        )
+        write_csv(self.split, self.SPLIT_FIELDS, rows)
+
+    def read_split(self, subset: str) -> list[dict[str, str]]:
+        """``split.csv``'s rows of one subset (path, class, leak, ...), in tensor order."""
+        with self.split.open(newline="", encoding="utf-8") as f:
+            return [r for r in csv.DictReader(f) if r["subset"] == subset]
+
+    def read_leak_flags(self, n_test: int) -> np.ndarray:
+        """Boolean flags, in test-tensor order: the test file has a twin in training."""
+        rows = self.read_split("test")
+        if len(rows) != n_test or "leak" not in (rows[0] if rows else {"leak": 0}):
+            raise ValueError(f"{self.split}: does not match the test tensors; rerun preprocess")
+        return np.array([r["leak"] == "1" for r in rows], dtype=bool)
+
+    def write_counts(self, per_subset: dict[str, dict[str, int]]) -> None:
+        write_json(self.counts, per_subset)
 
 
 def save_dataset(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -27,21 +196,36 @@ def load_dataset(path: Path) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-INDEX_FIELDS = ("path", "class", "split", "sha256", "width", "height", "dhash", "group", "leak")
+class TrainOutputs(Outputs):
+    STAGE = "train"
+    model = File(FORMAT_FILES["keras"])  # the kept epoch's weights
+    history = File("history.csv")  # per-epoch metrics, a dvc plots source
+    summary = File("train.json")  # kept epoch and its metrics, a DVC metric
+    run = File("run.json")  # the MLflow run that evaluate and export report to
 
+    def save_model(self, model: Any) -> None:
+        with atomic_path(self.model) as tmp:
+            model.save(tmp)
 
-def write_index(path: Path, rows: list[dict]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=INDEX_FIELDS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: r[k] for k in INDEX_FIELDS} for r in rows)
-    write_text(path, buf.getvalue())
+    def load_model(self) -> Any:
+        import keras
 
+        return keras.models.load_model(self.model, safe_mode=True)
 
-def read_index(index_path: Path) -> list[dict[str, str]]:
-    """Read the index written by :func:`run`."""
-    with index_path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+    def write_history(self, history: dict[str, list[float]]) -> None:
+        write_history(self.history, history)
+
+    def read_history(self) -> dict[str, list[float]]:
+        return read_history(self.history)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.summary, summary)
+
+    def write_run(self, run_id: str, experiment: str) -> None:
+        write_json(self.run, {"run_id": run_id, "experiment": experiment})
+
+    def read_run_id(self) -> str:
+        return str(read_json(self.run)["run_id"])
 
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -53,13 +237,11 @@ def write_history(path: Path, history: dict[str, list[float]]) -> None:
     The columns are always the same four, so ``dvc plots`` and ``dvc exp show`` compare a refit
     (no validation: its val cells are empty) with a validated run.
     """
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["epoch", *HISTORY_KEYS])
-    for i in range(len(history["loss"])):
-        cells = (f"{history[k][i]:.6f}" if k in history else "" for k in HISTORY_KEYS)
-        writer.writerow([i + 1, *cells])
-    write_text(path, buf.getvalue())
+    rows = (
+        [i + 1, *(f"{history[k][i]:.6f}" if k in history else "" for k in HISTORY_KEYS)]
+        for i in range(len(history["loss"]))
+    )
+    write_csv(path, ("epoch", *HISTORY_KEYS), rows)
 
 
 def read_history(path: Path) -> dict[str, list[float]]:
@@ -70,15 +252,82 @@ def read_history(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in keys if all(r[k] for r in rows)}
 
 
-def read_test_rows(split_csv: Path) -> list[dict[str, str]]:
-    """``split_csv``'s test rows (path, class, leak, ...), in test-tensor order."""
-    with split_csv.open(newline="", encoding="utf-8") as f:
-        return [r for r in csv.DictReader(f) if r["subset"] == "test"]
+class EvaluateOutputs(Outputs):
+    STAGE = "evaluate"
+    metrics = File("metrics.json")  # flat scalars, for dvc metrics show
+    confusion = File("confusion.json")  # both confusion matrices, rows true
+    predictions = File("predictions.csv")  # dvc plots confusion sources
+    predictions_leakfree = File("predictions_leakfree.csv")
+    confusion_png = File("confusion_matrix.png")
+    confusion_leakfree_png = File("confusion_matrix_leakfree.png")
+    learning_curves_png = File("learning_curves.png")
+
+    def write_metrics(self, metrics: dict[str, Any]) -> None:
+        write_json(self.metrics, metrics)
+
+    def read_metrics(self) -> dict[str, Any]:
+        return dict(read_json(self.metrics))
+
+    def write_confusion(self, classes: list[str], matrices: dict[str, Any]) -> None:
+        write_json(self.confusion, {"classes": classes, **matrices})
+
+    @property
+    def files(self) -> list[Path]:
+        """Every output, in the order they are logged to MLflow."""
+        return [getattr(self, k) for k in self.names()]
 
 
-def read_leak_flags(split_csv: Path, n_test: int) -> np.ndarray:
-    """Boolean flags, in test-tensor order: the test file has a twin in training."""
-    rows = read_test_rows(split_csv)
-    if len(rows) != n_test or "leak" not in (rows[0] if rows else {"leak": 0}):
-        raise ValueError(f"{split_csv}: does not match the test tensors; rerun preprocess")
-    return np.array([r["leak"] == "1" for r in rows], dtype=bool)
+def write_predictions(
+    path: Path, classes: list[str], y_true: np.ndarray, y_pred: np.ndarray, probs: np.ndarray
+) -> None:
+    """One row per test image: actual and predicted class, the predicted class's probability."""
+    rows = zip(y_true, y_pred, probs, strict=True)
+    write_csv(
+        path,
+        ("actual", "predicted", "probability"),
+        ([classes[t], classes[p], f"{pr:.4f}"] for t, p, pr in rows),
+    )
+
+
+class ModelFolder(_ModelDescription):
+    """An exported model's files: every valid format, ``classes.json``, ``input.json``,
+    ``parity.json`` and ``manifest.json`` (the sha256 of every file)."""
+
+    manifest = File("manifest.json")
+    parity = File("parity.json")  # per-format parity with the Keras model
+
+    def format_path(self, fmt: str) -> Path:
+        return self.root / FORMAT_FILES[fmt]
+
+    def read_manifest(self) -> dict[str, str] | None:
+        """``{relative path: sha256}``, or ``None`` when the folder has no manifest."""
+        return dict(read_json(self.manifest)) if self.manifest.is_file() else None
+
+    def write_manifest(self, manifest: dict[str, str]) -> None:
+        write_json(self.manifest, manifest)
+
+    def write_parity(self, parity: dict[str, Any]) -> None:
+        write_json(self.parity, parity)
+
+
+class ExportOutputs(Outputs):
+    STAGE = "export"
+    formats = File("formats")  # a ModelFolder, stored as the version's formats/ too
+    registered = File("registered.json")  # name, version, aliases, uri, formats
+    parity = File(ModelFolder.parity.name)  # the formats folder's, as a DVC metric
+
+    @property
+    def model(self) -> ModelFolder:
+        return ModelFolder(self.formats)
+
+    def write_registered(self, record: dict[str, Any]) -> None:
+        write_json(self.registered, record)
+
+
+def write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write a CSV atomically with ``\\n`` line ends (stable bytes for DVC on every OS)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())

@@ -1,5 +1,5 @@
 """Classification metrics that evaluate and promote share: accuracy, macro F1, per-class
-scores, the leak-free subset, and Wilson intervals."""
+scores, the leak-free subset, and Wilson intervals; and their names in MLflow."""
 
 from __future__ import annotations
 
@@ -70,3 +70,36 @@ def compute_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: list[str]) 
             for i, cls in enumerate(classes)
         },
     }
+
+
+def score(
+    y_true: np.ndarray, y_pred: np.ndarray, leak: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
+    """Every test metric: :func:`compute_metrics` and :func:`leakage_metrics` together."""
+    return compute_metrics(y_true, y_pred, classes) | leakage_metrics(y_true, y_pred, leak, classes)
+
+
+def tracked_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """:func:`score`'s scalars as the training run logs them (``test_`` prefix, per class)."""
+    flat = {
+        "test_accuracy": metrics["accuracy"],
+        "test_macro_f1": metrics["macro_f1"],
+        "test_n": metrics["n_test"],
+        "test_n_leakfree": metrics["n_leakfree"],
+        "test_accuracy_ci95_low": metrics["accuracy_ci95_low"],
+        "test_accuracy_ci95_high": metrics["accuracy_ci95_high"],
+        "test_leakfree_accuracy_ci95_low": metrics["leakfree_accuracy_ci95_low"],
+        "test_leakfree_accuracy_ci95_high": metrics["leakfree_accuracy_ci95_high"],
+    }
+    if metrics["leakfree_accuracy"] is not None:
+        flat |= {
+            "test_leakfree_accuracy": metrics["leakfree_accuracy"],
+            "test_leakfree_macro_f1": metrics["leakfree_macro_f1"],
+        }
+    for cls, m in metrics["per_class"].items():
+        flat |= {
+            f"test_{cls}_precision": m["precision"],
+            f"test_{cls}_recall": m["recall"],
+            f"test_{cls}_f1": m["f1"],
+        }
+    return flat

@@ -8,15 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.artifacts import FORMAT_FILES, ExportOutputs, ModelFolder
 from imgclf.dataset import is_hidden
 from imgclf.errors import ImgclfError
-from imgclf.fileio import read_json
-from imgclf.formats import FORMAT_FILES, SUFFIX_FORMATS, Predictor, read_fit
 from imgclf.images import ImageRejected, load_resized
+from imgclf.predictors import SUFFIX_FORMATS, Predictor
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_URI = "models:/idcards@champion"
 # A registry URI or export folder with no --format: the first of these the version holds as
 # valid. ONNX Runtime starts in a fraction of a second, TensorFlow in about ten on 2 cores,
 # and export has checked that every format gives the Keras model's labels.
@@ -25,6 +24,36 @@ DEFAULT_FORMATS = ("onnx", "h5")
 
 class ModelLoadError(ImgclfError, RuntimeError):
     """The model cannot be found, verified or loaded; the message says which and what to do."""
+
+
+def default_model_uri(start: Path | None = None) -> str:
+    """``models:/<mlflow.registered_model_name>@<export.champion_alias>``: the champion of the
+    project that ``start`` (default: the working folder) is in, as its ``params.yaml`` names it.
+
+    Outside a project, the names come from the ``conf/`` beside this package's source, the
+    defaults every project starts from. Nothing is written.
+
+    Raises:
+        ModelLoadError: there is neither (an installed package run outside a project).
+    """
+    from imgclf.lineage import project_root
+
+    params = project_root(start) / "params.yaml"
+    if params.is_file():
+        from imgclf.config import load_config
+
+        cfg = load_config(params)
+    else:
+        from imgclf.compose import compose_config
+
+        conf = Path(__file__).resolve().parents[2] / "conf"
+        if not conf.is_dir():
+            raise ModelLoadError(
+                f"no params.yaml in {params.parent} and no conf/ beside the imgclf source: "
+                "run inside the project, or pass --model (a models:/ URI, folder or file)"
+            )
+        cfg = compose_config(conf)
+    return f"models:/{cfg.mlflow.registered_model_name}@{cfg.export.champion_alias}"
 
 
 @dataclass
@@ -57,10 +86,10 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
             of :data:`DEFAULT_FORMATS` that a URI or folder holds, the file's own format for a
             file.
 
-    A folder or file is checked against the ``manifest.json`` export wrote beside it; class
-    names come from ``classes.json`` there. A file with no manifest loads with a warning.
+    A folder or file is checked against the manifest export wrote beside it; class names come
+    from the class list there. A file with no manifest loads with a warning.
     """
-    from imgclf.formats import MANIFEST, IntegrityError, format_of, load_predictor
+    from imgclf.predictors import IntegrityError, format_of, load_predictor
 
     if spec.startswith("models:/"):
         return _load_registered(spec, fmt)
@@ -72,14 +101,11 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
             f"{spec}: no such model file or folder, and not a registry URI "
             "(models:/NAME@ALIAS or models:/NAME/VERSION)"
         )
-    if (
-        path.is_dir()
-        and not (path / MANIFEST).is_file()
-        and (path / "formats" / MANIFEST).is_file()
-    ):
-        path = path / "formats"  # the export stage's folder: its files are in formats/
-    if path.is_dir() and (path / MANIFEST).is_file():
-        listed = read_json(path / MANIFEST)
+    exported = ExportOutputs(path).model
+    if path.is_dir() and not ModelFolder(path).manifest.is_file() and exported.manifest.is_file():
+        path = exported.root  # the export stage's folder: its files are in its model folder
+    listed = ModelFolder(path).read_manifest() if path.is_dir() else None
+    if listed is not None:
         held = [f for f in FORMAT_FILES if any(k.split("/")[0] == FORMAT_FILES[f] for k in listed)]
         root, fmt = path, fmt or _default_format(held, str(path))
         rel = FORMAT_FILES[fmt]
@@ -93,27 +119,28 @@ def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
         if fmt is not None and fmt != own:
             raise ModelLoadError(f"{path}: is a {own} model, not {fmt}")
         root, fmt, rel = path.parent, own, path.name
-    manifest = root / MANIFEST
-    expected: dict[str, str] | None = read_json(manifest) if manifest.is_file() else None
+    folder = ModelFolder(root)
+    expected = folder.read_manifest()
     if expected is not None and not any(k == rel or k.startswith(f"{rel}/") for k in expected):
         expected = None  # a file export did not write under this name (renamed, or foreign)
     if expected is None:
-        log.warning("%s: not listed in a %s beside it, loading UNVERIFIED", root / rel, MANIFEST)
+        log.warning(
+            "%s: not listed in a %s beside it, loading UNVERIFIED", root / rel, folder.manifest.name
+        )
     try:
         predictor = load_predictor(fmt, root, expected, rel=rel)
     except IntegrityError as exc:
         raise ModelLoadError(str(exc)) from exc
     except Exception as exc:  # noqa: BLE001 - every runtime raises its own types for bad files
         raise ModelLoadError(f"{root / rel}: cannot load {fmt} model: {exc}") from exc
-    sidecar = root / "classes.json"
-    if sidecar.is_file():
-        classes = [str(c) for c in read_json(sidecar)]
+    if folder.classes.is_file():
+        classes = folder.read_classes()
     else:
-        log.warning("%s not found: printing class indices instead of names", sidecar)
+        log.warning("%s not found: printing class indices instead of names", folder.classes)
         classes = [str(i) for i in range(predictor.n_classes)]
     height, width = predictor.input_shape[:2]
     try:
-        fit = read_fit(root)
+        fit = folder.read_fit()
     except ValueError as exc:
         raise ModelLoadError(str(exc)) from exc
     return LoadedModel(predictor, classes, height, width, str(root / rel), fmt, fit)
@@ -133,7 +160,7 @@ def _default_format(held: list[str], where: str) -> str:
 
 def _load_registered(uri: str, fmt: str | None) -> LoadedModel:
     from imgclf import registry, tracking
-    from imgclf.formats import IntegrityError
+    from imgclf.predictors import IntegrityError
 
     tracking.configure()
     try:

@@ -1,76 +1,29 @@
 """promote: move ``@champion`` to a candidate version only when it is measurably better.
 
-Both the candidate (default ``@challenger``) and the current ``@champion`` are loaded from the
-registry (files verified against their sha256 tags) and evaluated here, now, on the same test
-tensors: preprocess's ``dataset.npz`` and the leak flags of its ``split.csv``. Both versions must
-carry the ``data_md5`` that ``data.dvc`` pins, so a number measured on other data can never win.
-The candidate must pass the absolute floors (``promote.min_accuracy``,
+Both the candidate (default ``@challenger``) and the current ``@champion`` are measured here,
+now, on the same test tensors and leak flags from preprocess (:mod:`imgclf.measure`). Both
+versions must carry the ``data_md5`` that ``data.dvc`` pins, so a number measured on other data
+can never win. The candidate must pass the absolute floors (``promote.min_accuracy``,
 ``promote.min_leakfree_accuracy``) and beat the champion's ``promote.metric`` by at least
 ``promote.min_margin``. ``force`` (with a reason) overrides a refusal, and says so in the record.
-
-A version trained on another input size or ``data.fit`` than the cached tensors (an older
-champion, say) is measured on the same test files, decoded from the data folder and prepared
-the way that version expects, so the two are compared on the same 150 files, each fairly.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from imgclf import registry, tracking
-from imgclf.artifacts import load_dataset, read_leak_flags, read_test_rows
+from imgclf.artifacts import PreprocessOutputs
 from imgclf.config import Config
 from imgclf.errors import PromotionError
-from imgclf.fileio import read_json
-from imgclf.formats import read_fit
-from imgclf.images import ImageRejected, load_resized
-from imgclf.metrics import compute_metrics, leakage_metrics
+from imgclf.measure import SHOWN_METRICS, Measured, measure, test_file_preparer
 from imgclf.tracking import VersionInfo
 
 log = logging.getLogger(__name__)
-
-SHOWN_METRICS = ("accuracy", "leakfree_accuracy", "macro_f1", "leakfree_macro_f1")
-
-
-@dataclass
-class Measured:
-    """A version and what it scored on the pinned test set (``None`` where not measurable)."""
-
-    version: str
-    data_md5: str
-    metrics: dict[str, float | None] = field(default_factory=dict)
-    problem: str = ""
-    # "HxW, data.fit=F" when its test tensors were prepared for it from the files
-    prepared: str = ""
-
-
-# (height, width, fit) -> the test images, in test-tensor order, prepared that way
-Prepare = Callable[[int, int, str], np.ndarray]
-
-
-def test_file_preparer(split_csv: Path, data_dir: Path) -> Prepare:
-    """Prepare the test files that ``split_csv`` lists (its ``test`` rows, in tensor order)
-    from ``data_dir`` at another input size or fit, for a version trained that way.
-
-    The returned function raises :class:`FileNotFoundError` naming the first missing file and
-    what to do, and :class:`imgclf.images.ImageRejected` for a file that does not decode.
-    """
-    paths = [data_dir / r["path"] for r in read_test_rows(split_csv)]
-
-    def prepare(height: int, width: int, fit: str) -> np.ndarray:
-        missing = next((p for p in paths if not p.is_file()), None)
-        if missing is not None:
-            raise FileNotFoundError(f"{missing}: test file not found (run `dvc pull data.dvc`)")
-        return np.stack([load_resized(p, height, width, fit) for p in paths])
-
-    return prepare
 
 
 @dataclass
@@ -126,60 +79,6 @@ def stale_test_data(project: Path, stage: str = "preprocess") -> str | None:
     return None
 
 
-def measure(
-    info: VersionInfo,
-    cfg: Config,
-    *,
-    x: np.ndarray,
-    y: np.ndarray,
-    leak: np.ndarray,
-    classes: list[str],
-    fit: str = "stretch",
-    prepare: Prepare | None = None,
-) -> Measured:
-    """Evaluate one version's ``promote.format`` file on the test set.
-
-    ``x`` holds the test tensors made with ``fit``; a version that takes another input size or
-    ``data.fit`` is measured on ``prepare(height, width, its_fit)`` instead (the same files,
-    same order), or gets a ``problem`` when there is no ``prepare`` or it fails.
-    """
-    out = Measured(info.version, info.tags.get("data_md5", "unknown"))
-    try:
-        if registry.version_classes(info) != classes:
-            out.problem = (
-                f"classes {registry.version_classes(info)} differ from the test set's {classes}"
-            )
-            return out
-        predictor = registry.load_version(info, cfg.promote.format)
-    except Exception as exc:  # noqa: BLE001 - a version that cannot load cannot be promoted
-        out.problem = f"cannot load: {exc}"
-        return out
-    height, width = (int(d) for d in predictor.input_shape[:2])
-    its_fit = registry.version_fit(info)
-    if (height, width) != tuple(x.shape[1:3]) or its_fit != fit:
-        wants = f"{height}x{width}, data.fit={its_fit}"
-        if prepare is None:
-            out.problem = (
-                f"takes {wants} images; the test tensors are {x.shape[1]}x{x.shape[2]}, "
-                f"data.fit={fit}"
-            )
-            return out
-        try:
-            x = prepare(height, width, its_fit)
-        except (FileNotFoundError, ImageRejected) as exc:
-            out.problem = f"takes {wants} images; preparing the test files that way failed: {exc}"
-            return out
-        out.prepared = wants
-    bs = cfg.promote.batch_size
-    probs = np.concatenate([predictor.predict(x[i : i + bs]) for i in range(0, len(x), bs)])
-    y_pred = probs.argmax(axis=1)
-    m: dict[str, Any] = compute_metrics(y, y_pred, classes) | leakage_metrics(
-        y, y_pred, leak, classes
-    )
-    out.metrics = {k: m.get(k) for k in SHOWN_METRICS}
-    return out
-
-
 def judge(cfg: Config, cand: Measured, champ: Measured | None, data_md5: str) -> list[str]:
     """Why the candidate may not become champion (empty: it may). Pure: tests call it."""
     p = cfg.promote
@@ -228,7 +127,7 @@ def run(
 ) -> PromotionResult:
     """Measure candidate and champion, and move ``@champion`` if the gate (or ``force``) allows.
 
-    ``data_dir`` (the folder ``split.csv``'s paths are relative to) lets a version trained on
+    ``data_dir`` (the folder preprocess's split paths are relative to) lets a version trained on
     another input size or ``data.fit`` be measured on the same files prepared its way.
 
     Raises:
@@ -256,21 +155,18 @@ def run(
             f"{name} version {cand_info.version} is already @{cfg.export.champion_alias}"
         )
 
-    arrays = load_dataset(preprocess_dir / "dataset.npz")
+    pre = PreprocessOutputs(preprocess_dir)
+    arrays = pre.load_dataset()
     x, y = arrays["x_test"], arrays["y_test"]
     if len(y) == 0:
         raise PromotionError(f"{preprocess_dir}: the test set is empty")
-    leak = read_leak_flags(preprocess_dir / "split.csv", len(y))
-    classes: list[str] = read_json(preprocess_dir / "classes.json")
     kw: dict[str, Any] = {
         "x": x,
         "y": y,
-        "leak": leak,
-        "classes": classes,
-        "fit": read_fit(preprocess_dir),
-        "prepare": (
-            test_file_preparer(preprocess_dir / "split.csv", data_dir) if data_dir else None
-        ),
+        "leak": pre.read_leak_flags(len(y)),
+        "classes": pre.read_classes(),
+        "fit": pre.read_fit(),
+        "prepare": test_file_preparer(preprocess_dir, data_dir) if data_dir else None,
     }
     cand = measure(cand_info, cfg, **kw)
     champ = measure(champ_info, cfg, **kw) if champ_info is not None else None

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import tracking
-from imgclf.formats import FORMAT_FILES, Predictor, load_predictor
+from imgclf.artifacts import FORMAT_FILES
+from imgclf.predictors import Predictor, load_predictor
 from imgclf.tracking import VersionInfo
 
 log = logging.getLogger(__name__)
 
 SHA_PREFIX = "sha256."
+FORMATS_TAG = "formats"  # the formats that passed their parity check, comma-separated
 MOVED_PREFIX = "champion.moved."
 LEFT_PREFIX = "champion.left."
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
@@ -76,7 +78,7 @@ def expected_hashes(info: VersionInfo) -> dict[str, str]:
 
 def valid_formats(info: VersionInfo) -> list[str]:
     """Formats of the version that passed their parity check."""
-    return [f for f in info.tags.get("formats", "").split(",") if f]
+    return [f for f in info.tags.get(FORMATS_TAG, "").split(",") if f]
 
 
 def version_classes(info: VersionInfo) -> list[str]:
@@ -95,7 +97,7 @@ def load_version(info: VersionInfo, fmt: str, cache_dir: Path | None = None) -> 
 
     Raises:
         LookupError: the format is not a valid one of this version.
-        imgclf.formats.IntegrityError: a downloaded file's bytes differ from the recorded hash.
+        imgclf.predictors.IntegrityError: a downloaded file's bytes differ from the recorded hash.
     """
     if fmt not in valid_formats(info):
         why = info.tags.get(f"format.{fmt}", "not exported")
@@ -182,7 +184,7 @@ SUMMARY_TAGS = (
     "test_macro_f1",
     "data_md5",
     "git_commit",
-    "formats",
+    FORMATS_TAG,
 )
 
 
@@ -218,7 +220,7 @@ def render(desc: dict[str, Any]) -> str:
         lines.append(
             f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22} "
             f"{v['test_accuracy'] or '-':>6} {v['test_leakfree_accuracy'] or '-':>8} "
-            f"{(v['data_md5'] or '-')[:10]:<10} {v['formats'] or '-'}"
+            f"{(v['data_md5'] or '-')[:10]:<10} {v[FORMATS_TAG] or '-'}"
         )
         for fmt, why in v["invalid_formats"].items():
             lines.append(f"{'':>9}{fmt}: {why}")

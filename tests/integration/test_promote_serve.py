@@ -28,10 +28,11 @@ from mlflow.tracking import MlflowClient
 from PIL import Image
 
 from imgclf import artifacts, cli, registry, tracking
+from imgclf.artifacts import FORMAT_FILES
 from imgclf.config import FORMAT_NAMES
 from imgclf.fileio import read_json
-from imgclf.formats import FORMAT_FILES, IntegrityError, verify_files
 from imgclf.predict import ModelLoadError, load_model
+from imgclf.predictors import IntegrityError, verify_files
 from imgclf.promote import Measured, judge
 from imgclf.stages import evaluate, export, ingest, preprocess, train
 from tests.conftest import TINY_CLASSES, draw_class_image, tiny_config
@@ -535,7 +536,7 @@ def test_onnx_predict_imports_no_heavy_framework(reg):
 def test_promote_measures_a_version_on_the_test_files_prepared_its_way(reg, tmp_path):
     """A version trained on another data.fit (an older champion, say) is measured on the same
     test files decoded and prepared its way; without the files it is refused, with a reason."""
-    from imgclf.promote import measure, test_file_preparer
+    from imgclf.measure import measure, test_file_preparer
 
     info = tracking.get_version(NAME, version="2")
     pre = reg["art"] / "preprocess"
@@ -545,7 +546,7 @@ def test_promote_measures_a_version_on_the_test_files_prepared_its_way(reg, tmp_
     same = measure(info, reg["cfg"], x=x["x_test"], **kw, fit=fit)
     assert same.problem == "" and same.prepared == "" and same.metrics["accuracy"] >= 0.85
 
-    prepare = test_file_preparer(pre / "split.csv", reg["data"])
+    prepare = test_file_preparer(pre, reg["data"])
     # the files prepared as preprocess did are the cached test tensors, byte for byte
     assert np.array_equal(prepare(32, 48, fit), x["x_test"])
     # tensors made with another fit (and size): the version is measured on its own preparation
@@ -557,7 +558,7 @@ def test_promote_measures_a_version_on_the_test_files_prepared_its_way(reg, tmp_
 
     no_files = measure(info, reg["cfg"], x=x_other, **kw, fit=other)
     assert no_files.metrics == {} and f"data.fit={other}" in no_files.problem
-    gone = test_file_preparer(pre / "split.csv", tmp_path / "not-pulled")
+    gone = test_file_preparer(pre, tmp_path / "not-pulled")
     missing = measure(info, reg["cfg"], x=x_other, **kw, fit=other, prepare=gone)
     assert missing.metrics == {} and "dvc pull" in missing.problem
     assert str(tmp_path / "not-pulled") in missing.problem

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from imgclf.artifacts import save_dataset
+from imgclf.artifacts import PreprocessOutputs, save_dataset
 from imgclf.config import ConfigError
 from imgclf.fileio import write_json
-from imgclf.formats import INPUT_SPEC
 from imgclf.sweeps.job import load_arrays
 from tests.conftest import tiny_config
 
@@ -22,7 +21,9 @@ def cache(tmp_path):
         {f"{k}_{s}": v for s in ("train", "val", "test") for k, v in (("x", x), ("y", y))},
     )
     write_json(tmp_path / "classes.json", ["a", "b", "c"])
-    write_json(tmp_path / INPUT_SPEC, {"image_height": 32, "image_width": 48, "fit": "crop_tall"})
+    PreprocessOutputs(tmp_path).write_input_spec(
+        {"image_height": 32, "image_width": 48, "fit": "crop_tall"}
+    )
     return tmp_path
 
 
@@ -41,7 +42,7 @@ def test_other_fit_or_size_names_the_key(cache):
 
 
 def test_cache_from_before_input_json_counts_as_stretch(cache):
-    (cache / INPUT_SPEC).unlink()
+    PreprocessOutputs(cache).input_spec.unlink()
     assert load_arrays(tiny_config(data={"fit": "stretch"}), cache)[1] == ["a", "b", "c"]
     with pytest.raises(ConfigError, match=r"data\.fit=stretch"):
         load_arrays(tiny_config(data={"fit": "crop_tall"}), cache)

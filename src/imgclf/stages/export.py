@@ -11,10 +11,10 @@ Interrupt safety: everything is written and checked in a staging folder first; t
 stored in MLflow before the version is created (with all its tags at once), and a version whose
 aliases cannot be set is deleted again. So the registry never holds a version without its files.
 
-Outputs (``out_dir``): ``formats/`` (the format files, ``classes.json``, ``input.json`` (input
-size and aspect fit, which predict applies to new images), ``manifest.json`` with
-the sha256 of every file, ``parity.json``: the very folder stored as ``formats/`` in the
-version), ``parity.json`` (per-format results, a DVC metric) and ``registered.json``.
+Outputs: :class:`imgclf.artifacts.ExportOutputs`: the model folder (every valid format, the
+class names, the input size and aspect fit that predict applies to new images, the sha256 of
+every file and the per-format parity: the very folder the version stores), the parity again as a
+DVC metric, and what was registered.
 """
 
 from __future__ import annotations
@@ -32,23 +32,19 @@ from typing import Any
 import numpy as np
 
 from imgclf import registry, tracking
-from imgclf.artifacts import load_dataset
+from imgclf.artifacts import (
+    EvaluateOutputs,
+    ExportOutputs,
+    ModelFolder,
+    PreprocessOutputs,
+    TrainOutputs,
+)
 from imgclf.config import Config
 from imgclf.errors import ExportError
-from imgclf.fileio import read_json, write_json
-from imgclf.formats import (
-    FORMAT_FILES,
-    INPUT_SPEC,
-    MANIFEST,
-    REQUIRED_FORMATS,
-    export_and_check,
-    hash_tree,
-)
+from imgclf.formats import REQUIRED_FORMATS, export_and_check, manifest
 from imgclf.lineage import lineage_tags
 
 log = logging.getLogger(__name__)
-
-FORMATS_DIR = "formats"
 
 
 @dataclass
@@ -75,23 +71,22 @@ def run(
     cfg: Config, *, preprocess_dir: Path, train_dir: Path, evaluate_dir: Path, out_dir: Path
 ) -> ExportResult:
     """Export ``train_dir``'s model and register it under ``cfg.mlflow.registered_model_name``."""
-    import keras
-
     from imgclf.model import inference_model
 
     started = time.perf_counter()
-    trained = keras.models.load_model(train_dir / "model.keras", safe_mode=True)
+    pre, train_out = PreprocessOutputs(preprocess_dir), TrainOutputs(train_dir)
+    trained = train_out.load_model()
     model = inference_model(trained)
-    classes: list[str] = read_json(preprocess_dir / "classes.json")
-    spec: dict[str, Any] = read_json(preprocess_dir / INPUT_SPEC)
+    classes = pre.read_classes()
+    spec = pre.read_input_spec()
     if (spec["image_height"], spec["image_width"]) != tuple(model.input_shape[1:3]):
         raise ExportError(
-            f"{preprocess_dir / INPUT_SPEC} says {spec['image_height']}x{spec['image_width']} "
+            f"{pre.input_spec} says {spec['image_height']}x{spec['image_width']} "
             f"but the model takes {model.input_shape[1]}x{model.input_shape[2]}: "
             "run `dvc repro` so preprocess and train agree"
         )
-    metrics = read_json(evaluate_dir / "metrics.json")
-    arrays = load_dataset(preprocess_dir / "dataset.npz")
+    metrics = EvaluateOutputs(evaluate_dir).read_metrics()
+    arrays = pre.load_dataset()
     pool = arrays["x_test"] if len(arrays["x_test"]) else arrays["x_train"]
     images = pool[: cfg.export.parity_samples]
     example = images[:1]
@@ -102,7 +97,7 @@ def run(
 
     out_dir.mkdir(parents=True, exist_ok=True)
     # Staged beside the outputs (same filesystem: the final move is one rename).
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
+    staging = ModelFolder(tempfile.mkdtemp(prefix=".export-", dir=out_dir))
     try:
         return _export(
             cfg,
@@ -113,12 +108,12 @@ def run(
             images,
             example,
             staging,
-            train_dir,
-            out_dir,
+            train_out.read_run_id(),
+            ExportOutputs(out_dir),
             started,
         )
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging.root, ignore_errors=True)
 
 
 def _export(
@@ -129,14 +124,14 @@ def _export(
     metrics: dict[str, Any],
     images: np.ndarray,
     example: np.ndarray,
-    staging: Path,
-    train_dir: Path,
-    out_dir: Path,
+    staging: ModelFolder,
+    train_run_id: str,
+    out: ExportOutputs,
     started: float,
 ) -> ExportResult:
     """Write and check every format in ``staging``, register it, then publish it locally."""
     parity = export_and_check(
-        model, list(cfg.export.formats), staging, images, cfg.export.parity_max_abs_diff
+        model, list(cfg.export.formats), staging.root, images, cfg.export.parity_max_abs_diff
     )
     valid = [p.format for p in parity if p.valid]
     invalid = {p.format: p.reason for p in parity if not p.valid}
@@ -148,13 +143,11 @@ def _export(
             f"required format(s) {', '.join(missing)} failed: "
             + "; ".join(f"{f}: {invalid[f]}" for f in missing)
         )
-    manifest: dict[str, str] = {}
-    for fmt in valid:
-        manifest |= hash_tree(staging, FORMAT_FILES[fmt])
-    write_json(staging / "classes.json", classes)
-    write_json(staging / INPUT_SPEC, spec)
-    write_json(staging / "parity.json", {p.format: asdict(p) for p in parity})
-    write_json(staging / MANIFEST, manifest)
+    hashes = manifest(staging.root, valid)
+    staging.write_classes(classes)
+    staging.write_input_spec(spec)
+    staging.write_parity({p.format: asdict(p) for p in parity})
+    staging.write_manifest(hashes)
     log.info(
         "export: %d formats written and checked in %.1f s (%s)",
         len(parity),
@@ -176,19 +169,18 @@ def _export(
         "image_height": str(height),
         "image_width": str(width),
         "image_fit": spec["fit"],
-        "formats": ",".join(valid),
+        registry.FORMATS_TAG: ",".join(valid),
         **{
             f"format.{p.format}": "valid" if p.valid else f"invalid: {p.reason}"[:5000]
             for p in parity
         },
         **{f"parity.{p.format}.max_abs_diff": f"{p.max_abs_diff:.3g}" for p in parity},
         **{f"parity.{p.format}.label_agreement": f"{p.label_agreement:.4f}" for p in parity},
-        **{f"{registry.SHA_PREFIX}{rel}": digest for rel, digest in manifest.items()},
+        **{f"{registry.SHA_PREFIX}{rel}": digest for rel, digest in hashes.items()},
     }
     if metrics.get("leakfree_accuracy") is not None:
         version_tags["test_leakfree_accuracy"] = f"{metrics['leakfree_accuracy']:.4f}"
-    run_info = read_json(train_dir / "run.json")
-    with tracking.reopen_run(run_info["run_id"], cfg.mlflow.experiment_name, tags) as run_id:
+    with tracking.reopen_run(train_run_id, cfg.mlflow.experiment_name, tags) as run_id:
         # Files first, version second: the version is created only once every file it
         # names is stored, with all its tags in the same call.
         source = tracking.log_model_with_files(
@@ -201,7 +193,7 @@ def _export(
                 "image_fit": spec["fit"],
                 "formats": valid,
             },
-            files_dir=staging,
+            files_dir=staging.root,
             metrics=_parity_metrics(parity),
         )
         version = tracking.register_version(name, source, {**version_tags, "run_id": run_id})
@@ -211,16 +203,14 @@ def _export(
             log.error("export: could not set aliases; deleting version %s again", version)
             tracking.delete_version(name, version)
             raise
-    # The checked folder becomes artifacts/export/formats in one rename, the same layout
+    # The checked folder becomes the export's model folder in one rename, the same layout
     # as the version's formats/ in the registry.
-    target = out_dir / FORMATS_DIR
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-    shutil.copy(target / "parity.json", out_dir / "parity.json")
+    if out.formats.exists():
+        shutil.rmtree(out.formats)
+    os.replace(staging.root, out.formats)
+    shutil.copy(out.model.parity, out.parity)
 
-    write_json(
-        out_dir / "registered.json",
+    out.write_registered(
         {
             "name": name,
             "version": version,

@@ -5,12 +5,8 @@ code, exact and near duplicates and train/test leakage are found, and the result
 ``out_dir`` as DVC outputs and to a dedicated MLflow run (``run_name="ingest"``, tagged with
 the data hash), so the data's state is visible beside the training runs.
 
-Outputs (``out_dir``): ``index.csv`` (accepted files: path, class, split, sha256, width, height,
-dhash, group = near-duplicate group within the split, leak = has a twin in the other split),
-``report.json`` (counts, rejected and ignored entries, duplicate summary), ``leakage.json``
-(exact groups, label conflicts, each leaky test file with its training twins and distances),
-``dataset_card.md`` with ``class_counts.png``, ``sample_grid.png``, ``image_sizes.png``, and
-``mlflow_run.json`` (the ingest run's id).
+Outputs: :class:`imgclf.artifacts.IngestOutputs` (the index of accepted files, the report,
+the leakage details, the dataset card with its figures, and the ingest run's id).
 """
 
 from __future__ import annotations
@@ -22,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from imgclf import plots
-from imgclf.artifacts import write_index
+from imgclf.artifacts import IngestOutputs
 from imgclf.config import Config
 from imgclf.errors import IngestError
 from imgclf.fileio import write_json, write_text
@@ -31,7 +27,6 @@ from imgclf.validate import Validation, render_card, validate_dataset
 
 log = logging.getLogger(__name__)
 
-CARD_FIGURES = ("class_counts.png", "sample_grid.png", "image_sizes.png")
 SAMPLES_PER_CLASS = 6
 
 
@@ -48,9 +43,9 @@ class IngestResult:
     run_id: str | None = None
 
 
-def write_card(v: Validation, out_dir: Path, thumb: tuple[int, int] = (64, 96)) -> list[Path]:
-    """Write the dataset card and its figures into ``out_dir``; return the files."""
-    plots.class_counts(v.report["counts"], out_dir / "class_counts.png")
+def write_card(v: Validation, out: IngestOutputs, thumb: tuple[int, int] = (64, 96)) -> list[Path]:
+    """Write the dataset card and its figures into ``out``; return the files."""
+    plots.class_counts(v.report["counts"], out.class_counts_png)
     samples, labels = [], []
     for k, cls in enumerate(v.classes):
         picked = [r for r in v.rows if r["class"] == cls and r["split"] == v.splits[0]]
@@ -61,14 +56,13 @@ def write_card(v: Validation, out_dir: Path, thumb: tuple[int, int] = (64, 96)) 
             except ImageRejected:  # changed on disk since validation: leave the cell empty
                 continue
     images = np.stack(samples) if samples else np.zeros((0, *thumb, 3), np.uint8)
-    plots.sample_grid(images, labels, v.classes, out_dir / "sample_grid.png", SAMPLES_PER_CLASS)
+    plots.sample_grid(images, labels, v.classes, out.sample_grid_png, SAMPLES_PER_CLASS)
     plots.image_sizes(
         {s: [(r["width"], r["height"]) for r in v.rows if r["split"] == s] for s in v.splits},
-        out_dir / "image_sizes.png",
+        out.image_sizes_png,
     )
-    card = out_dir / "dataset_card.md"
-    write_text(card, render_card(v, list(CARD_FIGURES)))
-    return [card, *(out_dir / f for f in CARD_FIGURES)]
+    write_text(out.card, render_card(v, [f.name for f in out.card_figures]))
+    return [out.card, *out.card_figures]
 
 
 def run(cfg: Config, *, in_dir: Path, out_dir: Path, track: bool = True) -> IngestResult:
@@ -85,12 +79,12 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, track: bool = True) -> Inge
         log.warning("ingest: rejected %s: %s %s", r["path"], r["reason"], r["detail"])
     summary = v.duplicates["summary"]
 
+    out = IngestOutputs(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    index_path, report_path = out_dir / "index.csv", out_dir / "report.json"
-    write_index(index_path, v.rows)
-    write_json(report_path, v.report)
-    write_json(out_dir / "leakage.json", v.duplicates)
-    files = [index_path, report_path, out_dir / "leakage.json", *write_card(v, out_dir)]
+    out.write_index(v.rows)
+    write_json(out.report, v.report)
+    write_json(out.leakage, v.duplicates)
+    files = [out.index, out.report, out.leakage, *write_card(v, out)]
     log.info(
         "ingest: %d accepted, %d rejected, %d ignored; %d exact groups across splits, %d of %d "
         "test files leak (dHash distance <= %d)",
@@ -105,23 +99,23 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, track: bool = True) -> Inge
 
     run_id = None
     if track:
-        run_id = _track(cfg, v, files)  # raises inside the run, so it ends FAILED
+        run_id = _track(cfg, v, out, files)  # raises inside the run, so it ends FAILED
     else:
-        check_limits(v, report_path)
+        check_limits(v, out.report)
     return IngestResult(
         v.classes,
         len(v.rows),
         len(v.rejected),
         len(v.ignored),
-        index_path,
-        report_path,
+        out.index,
+        out.report,
         summary["leaky_test_files"],
         summary["exact_groups_across_splits"],
         run_id,
     )
 
 
-def _track(cfg: Config, v: Validation, files: list[Path]) -> str:
+def _track(cfg: Config, v: Validation, out: IngestOutputs, files: list[Path]) -> str:
     """Log the validation to a dedicated MLflow run; fail it when a limit is passed."""
     from imgclf import tracking
     from imgclf.config import flatten
@@ -145,15 +139,14 @@ def _track(cfg: Config, v: Validation, files: list[Path]) -> str:
         "n_rejected": v.report["n_rejected"],
         "n_ignored": v.report["n_ignored"],
     }
-    out_dir = files[0].parent
     tags = {**lineage_tags(), "imgclf.stage": "ingest"}
     with tracking.start_run(cfg.mlflow.experiment_name, run_name="ingest", tags=tags) as run_id:
         tracking.log_params(flatten(cfg, ("data",)))
         tracking.log_metrics(metrics)
         for f in files:
             tracking.log_artifact(f, "ingest")
-        write_json(out_dir / "mlflow_run.json", {"run_id": run_id})
-        check_limits(v, out_dir / "report.json")
+        out.write_run_id(run_id)
+        check_limits(v, out.report)
     return run_id
 
 

@@ -4,16 +4,12 @@ Training_data is split (stratified, seeded, near-duplicate groups kept on one si
 and validation; Testing_Data is the test set. All images are decoded here once, so no training
 epoch decodes a JPEG.
 
-Outputs (``out_dir``): ``dataset.npz`` (x_/y_ train, val, test: uint8 RGB and int labels),
-``classes.json``, ``input.json`` (input size and aspect fit, for predict), ``split.csv`` (each
-file's subset, near-duplicate group and leak flag), ``counts.json``, ``class_counts.png``,
-``sample_grid.png``.
+Outputs: :class:`imgclf.artifacts.PreprocessOutputs` (the cached tensors, the class names, the
+input spec that predict applies, each file's subset and leak flag, per-class counts, figures).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -23,10 +19,8 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from imgclf import plots
-from imgclf.artifacts import read_index, save_dataset
+from imgclf.artifacts import IngestOutputs, PreprocessOutputs
 from imgclf.config import Config, DataConfig
-from imgclf.fileio import read_json, write_json, write_text
-from imgclf.formats import INPUT_SPEC
 from imgclf.images import load_resized
 from imgclf.parallel import map_in_processes
 
@@ -72,10 +66,10 @@ def input_spec(data: DataConfig) -> dict[str, int | str]:
 def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> PreprocessResult:
     """Resize, split and cache the dataset indexed by ingest."""
     data = cfg.data
-    report = read_json(ingest_dir / "report.json")
-    classes: list[str] = report["classes"]
+    ingested = IngestOutputs(ingest_dir)
+    classes = ingested.read_classes()
     class_id = {c: i for i, c in enumerate(classes)}
-    rows = read_index(ingest_dir / "index.csv")
+    rows = ingested.read_index()
     train_rows = [r for r in rows if r["split"] == data.train_dir]
     test_rows = [r for r in rows if r["split"] == data.test_dir]
     y_all = np.array([class_id[r["class"]] for r in train_rows], dtype=np.int64)
@@ -99,30 +93,22 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
         arrays[f"y_{s}"] = np.array([class_id[r["class"]] for r in subsets[s]], dtype=np.int64)
         start += n
 
+    out = PreprocessOutputs(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dataset_path = out_dir / "dataset.npz"
-    save_dataset(dataset_path, arrays)
-    write_json(out_dir / "classes.json", classes)
+    out.save_dataset(arrays)
+    out.write_classes(classes)
     # How a file becomes an input tensor: export records it with the model, so predict and
     # serve prepare new images exactly as training saw them.
-    write_json(out_dir / INPUT_SPEC, input_spec(data))
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    # group: near-duplicate group within the split; leak: has a twin across train/test
-    # (evaluate scores the test files with leak == 0 separately).
-    writer.writerow(["path", "class", "subset", "group", "leak"])
-    for s in SUBSETS:
-        writer.writerows([r["path"], r["class"], s, r["group"], r["leak"]] for r in subsets[s])
-    write_text(out_dir / "split.csv", buf.getvalue())
+    out.write_input_spec(input_spec(data))
+    # Evaluate scores the test files without a twin in training (leak == 0) separately.
+    out.write_split(subsets)
 
     per_class = {
         s: {c: int((arrays[f"y_{s}"] == i).sum()) for i, c in enumerate(classes)} for s in SUBSETS
     }
-    write_json(out_dir / "counts.json", per_class)
-    plots.class_counts(per_class, out_dir / "class_counts.png")
-    plots.sample_grid(
-        arrays["x_train"], arrays["y_train"].tolist(), classes, out_dir / "sample_grid.png"
-    )
+    out.write_counts(per_class)
+    plots.class_counts(per_class, out.class_counts_png)
+    plots.sample_grid(arrays["x_train"], arrays["y_train"].tolist(), classes, out.sample_grid_png)
     counts = {s: len(subsets[s]) for s in SUBSETS}
     log.info("preprocess: %s at %dx%d", counts, data.image_height, data.image_width)
-    return PreprocessResult(classes, counts, dataset_path)
+    return PreprocessResult(classes, counts, out.dataset)

@@ -5,10 +5,9 @@ With ``train.refit: true`` it instead fits train + validation together for exact
 refit off, then the final model learns from every training image (600 instead of 480 here).
 Sweeps never refit: they exist to score recipes on validation.
 
-Outputs (``out_dir``): ``model.keras`` (weights of the kept epoch), ``history.csv`` (per-epoch
-loss/accuracy/val_loss/val_accuracy, the val cells empty for a refit; a ``dvc plots`` source),
-``train.json`` (kept epoch, its validation metrics or, for a refit, its training metrics) and
-``run.json`` (the MLflow run that evaluate and export report to).
+Outputs: :class:`imgclf.artifacts.TrainOutputs` (the kept epoch's model, the per-epoch history
+with empty val cells for a refit, the kept epoch with its validation metrics or, for a refit, its
+training metrics, and the MLflow run that evaluate and export report to).
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import resume, tracking
-from imgclf.artifacts import load_dataset, write_history
+from imgclf.artifacts import PreprocessOutputs, TrainOutputs
 from imgclf.config import Config, flatten
-from imgclf.fileio import atomic_path, read_json, write_json
 from imgclf.lineage import lineage_tags
 from imgclf.training import kept_metrics, prepare, refit_arrays
 
@@ -86,8 +84,9 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
     """Train on ``in_dir``'s cached tensors and write the best model into ``out_dir``."""
     import keras
 
-    arrays = load_dataset(in_dir / "dataset.npz")
-    classes: list[str] = read_json(in_dir / "classes.json")
+    pre, out = PreprocessOutputs(in_dir), TrainOutputs(out_dir)
+    arrays = pre.load_dataset()
+    classes = pre.read_classes()
     if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
         raise ValueError(f"{in_dir}: the train or validation split is empty")
     if cfg.train.refit:
@@ -98,7 +97,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
     params = flatten(cfg, TRAIN_SECTIONS)
     ckpt = resume.Checkpointer(
         out_dir / resume.RESUME_DIRNAME,
-        resume.resume_key(params, [in_dir / "dataset.npz", in_dir / "classes.json"]),
+        resume.resume_key(params, [pre.dataset, pre.classes]),
     )
     with ckpt.locked():
         state = _restore(ckpt, model, cfg.mlflow.experiment_name)
@@ -144,14 +143,10 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
             tracking.log_metrics(
                 {"best_epoch": state.best_epoch, **{f"best_{k}": v for k, v in kept.items()}}
             )
-            model_path = out_dir / "model.keras"
-            with atomic_path(model_path) as tmp:
-                model.save(tmp)
-            write_history(out_dir / "history.csv", history)
-            write_json(out_dir / "train.json", summary)
-            write_json(
-                out_dir / "run.json", {"run_id": run_id, "experiment": cfg.mlflow.experiment_name}
-            )
+            out.save_model(model)
+            out.write_history(history)
+            out.write_summary(summary)
+            out.write_run(run_id, cfg.mlflow.experiment_name)
         # Only now, with every output written and the run FINISHED, is the checkpoint spent.
         ckpt.discard()
     log.info(
@@ -167,5 +162,5 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
         int(summary["epochs_run"]),
         summary.get("val_accuracy"),
         summary.get("val_loss"),
-        model_path,
+        out.model,
     )

@@ -17,7 +17,6 @@ import numpy as np
 
 from imgclf import tracking
 from imgclf.config import Config, ConfigError, flatten
-from imgclf.fileio import read_json
 from imgclf.lineage import project_root
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,11 @@ def conf_dir() -> Path:
 def preprocess_dir() -> Path:
     """The preprocess stage's output: ``$IMGCLF_PREPROCESS_DIR``, else the project's."""
     env = os.environ.get(ENV_PREPROCESS_DIR)
-    return Path(env).resolve() if env else project_root() / "artifacts" / "preprocess"
+    if env:
+        return Path(env).resolve()
+    from imgclf.artifacts import PreprocessOutputs
+
+    return PreprocessOutputs.in_project(project_root()).root
 
 
 def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -95,10 +98,10 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
         FileNotFoundError: the cache is missing (names the command that makes it).
         ConfigError: the cache holds another image size than this job asks for.
     """
-    from imgclf.artifacts import load_dataset
-    from imgclf.formats import read_fit
+    from imgclf.artifacts import PreprocessOutputs
 
-    npz = folder / "dataset.npz"
+    pre = PreprocessOutputs(folder)
+    npz = pre.dataset
     if not npz.is_file():
         raise FileNotFoundError(
             f"{npz} not found: sweeps train on the preprocess stage's tensors; run "
@@ -107,9 +110,9 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
     key = (str(npz), npz.stat().st_mtime)
     if key not in _ARRAYS:
         _ARRAYS.clear()
-        arrays = load_dataset(npz)
+        arrays = pre.load_dataset()
         subset = {k: v for k, v in arrays.items() if not k.endswith("_test")}
-        _ARRAYS[key] = (subset, read_json(folder / "classes.json"))
+        _ARRAYS[key] = (subset, pre.read_classes())
     arrays, classes = _ARRAYS[key]
     size = tuple(arrays["x_train"].shape[1:3])
     wanted = (cfg.data.image_height, cfg.data.image_width)
@@ -119,7 +122,7 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
             f"data.image_height={wanted[0]} data.image_width={wanted[1]}: set those in conf/ "
             "and `dvc repro preprocess`, or do not sweep them"
         )
-    fit = read_fit(folder)
+    fit = pre.read_fit()
     if fit != cfg.data.fit:
         raise ConfigError(
             f"{npz} holds images fitted with data.fit={fit} but this job asks for "
