@@ -20,6 +20,7 @@ import numpy as np
 from imgclf import registry
 from imgclf.artifacts import PreprocessOutputs
 from imgclf.config import Config
+from imgclf.errors import MissingInputError
 from imgclf.images import ImageRejected, load_resized
 from imgclf.metrics import score
 from imgclf.tracking import VersionInfo
@@ -55,7 +56,7 @@ def test_file_preparer(preprocess_dir: Path, data_dir: Path) -> Prepare:
     def prepare(height: int, width: int, fit: str) -> np.ndarray:
         missing = next((p for p in paths if not p.is_file()), None)
         if missing is not None:
-            raise FileNotFoundError(f"{missing}: test file not found (run `dvc pull data.dvc`)")
+            raise MissingInputError(f"{missing}: test file not found (run `dvc pull data.dvc`)")
         return np.stack([load_resized(p, height, width, fit) for p in paths])
 
     return prepare

@@ -10,7 +10,7 @@ import numpy as np
 
 from imgclf.artifacts import FORMAT_FILES, ExportOutputs, ModelFolder
 from imgclf.dataset import is_hidden
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, MissingInputError
 from imgclf.images import ImageRejected, load_resized
 from imgclf.predictors import SUFFIX_FORMATS, Predictor
 
@@ -218,7 +218,7 @@ def collect_images(paths: list[str]) -> list[Path]:
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such file or folder")
+            raise MissingInputError(f"{p}: no such file or folder")
     return files
 
 

@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf import artifacts, cli
 from imgclf.stages import evaluate, export, ingest, preprocess, train
-from tests.conftest import REPO_ROOT, tiny_config
+from tests.conftest import REPO_ROOT, tiny_config, write_params
 
 
 @pytest.fixture(scope="module")
@@ -241,12 +241,15 @@ def test_predict_lists_unreadable_files(pipeline, tmp_path, capsys):
     assert "note.jpg\tERROR\tnot_an_image" in capsys.readouterr().out
 
 
-def test_stage_cli_rejects_bad_params_naming_the_key(tmp_path, caplog):
-    bad = tmp_path / "params.yaml"
-    bad.write_text("train:\n  epochz: 3\n")
+def test_stage_cli_rejects_bad_params_naming_the_key(tmp_path, capsys):
+    bad = write_params(tmp_path / "params.yaml", tiny_config())
+    bad.write_text(bad.read_text(encoding="utf-8").replace("epochs:", "epochz:"))
     code = cli.main(["train", "--params", str(bad), "--preprocess", "x", "--out", "y"])
     assert code == 2
-    assert "train.epochz" in caplog.text
+    assert capsys.readouterr().err == (
+        f"imgclf train: {bad}: unknown key 'train.epochz' (did you mean 'train.epochs'?); "
+        "fix it in conf/ and run `make params`\n"
+    )
 
 
 def test_no_absolute_paths_in_params_tags_or_artifacts(pipeline, tmp_path):

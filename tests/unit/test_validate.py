@@ -168,7 +168,8 @@ def test_unusable_layouts_exit_2_naming_the_folder(tmp_path, capsys, caplog, cas
     code = cli.main(["validate", str(root)])
     out = capsys.readouterr()
     assert code == 2
-    assert named in caplog.text
+    (line,) = out.err.splitlines()  # one line, `imgclf <command>: <message>`
+    assert line.startswith("imgclf validate: ") and named in line
     assert "Traceback" not in out.out + out.err + caplog.text
 
 
@@ -202,7 +203,7 @@ def test_ingest_index_marks_leaky_test_files_and_groups(messy, tmp_path):
     cfg = tiny_config(data={"min_side": 8, "max_rejected_fraction": 0.5})
     res = ingest.run(cfg, in_dir=root, out_dir=tmp_path / "ingest", track=False)
     assert (res.n_rejected, res.n_leaky_test, res.exact_groups_across_splits) == (5, 2, 1)
-    rows = {r["path"]: r for r in artifacts.read_index(tmp_path / "ingest" / "index.csv")}
+    rows = {r["path"]: r for r in artifacts.IngestOutputs(tmp_path / "ingest").read_index()}
     assert rows[f"{TEST}/cards/copy.png"]["leak"] == "1"
     assert rows[f"{TRAIN}/cards/0.png"]["leak"] == "1"
     assert rows[f"{TEST}/cards/0.png"]["leak"] == "0"
@@ -222,5 +223,6 @@ def test_ingest_cli_over_the_limit_exits_2_with_one_line(
     )
     out = capsys.readouterr()
     assert code == 2
-    assert "5 of 24 files rejected (20.8% > data.max_rejected_fraction=10.0%)" in caplog.text
+    assert out.err.startswith("imgclf ingest: ") and out.err.count("\n") == 1
+    assert "5 of 24 files rejected (20.8% > data.max_rejected_fraction=10.0%)" in out.err
     assert "Traceback" not in out.out + out.err + caplog.text

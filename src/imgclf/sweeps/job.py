@@ -17,6 +17,7 @@ import numpy as np
 
 from imgclf import tracking
 from imgclf.config import Config, ConfigError, flatten
+from imgclf.errors import MissingInputError
 from imgclf.lineage import project_root
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
     pre = PreprocessOutputs(folder)
     npz = pre.dataset
     if not npz.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{npz} not found: sweeps train on the preprocess stage's tensors; run "
             "`dvc pull data.dvc && dvc repro preprocess` first (or set IMGCLF_PREPROCESS_DIR)"
         )

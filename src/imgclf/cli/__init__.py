@@ -1,0 +1,65 @@
+"""imgclf: one subcommand per DVC stage, plus the tools over the same core.
+
+The subcommands are a table (:data:`COMMANDS`): each :class:`~imgclf.cli.command.Command` has a
+name, a help line, the arguments it adds and a handler. :func:`main` parses argv, runs the handler
+under the signal handlers of :mod:`imgclf.interrupts`, and turns an expected failure (any
+:class:`~imgclf.errors.ImgclfError`) into one line, ``imgclf <command>: <message>``, and exit
+status 2. Anything else is a bug and keeps its traceback. Stages never read argv or params.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from imgclf import interrupts
+from imgclf.cli import models, pipeline
+from imgclf.cli.command import Command, setup_logging
+from imgclf.errors import ImgclfError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+COMMANDS: dict[str, Command] = {c.name: c for c in (*pipeline.COMMANDS, *models.COMMANDS)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser, one subparser per entry of :data:`COMMANDS` (for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="imgclf", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS.values():
+        command.add_args(sub.add_parser(command.name, help=command.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``imgclf`` console script."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    command = COMMANDS[args.command]
+    try:
+        with interrupts.handlers():
+            return int(command.run(args) or 0)
+    except ImgclfError as exc:
+        print(f"imgclf {command.name}: {one_line(exc)}", file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except interrupts.Terminated:
+        print(f"imgclf {command.name}: terminated (SIGTERM)", file=sys.stderr, flush=True)
+        return EXIT_TERMINATED
+    except KeyboardInterrupt:
+        print(f"imgclf {command.name}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+
+
+def one_line(exc: BaseException) -> str:
+    """The message on one line: a multi-line one (a library's, wrapped) joined with '; '."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__
+
+
+__all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USER_ERROR", "main"]
+
+if __name__ == "__main__":
+    sys.exit(main())

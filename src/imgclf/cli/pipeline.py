@@ -1,0 +1,136 @@
+"""The pipeline's subcommands: one per DVC stage (as dvc.yaml runs them), params, doctor, ui."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from imgclf.cli.command import Command, add_bind, add_params
+
+log = logging.getLogger("imgclf")
+
+# Each stage's input folders: its command-line flag -> the keyword of the stage's `run`.
+STAGE_INPUTS: dict[str, dict[str, str]] = {
+    "ingest": {"data": "in_dir"},
+    "preprocess": {"data": "data_dir", "ingest": "ingest_dir"},
+    "train": {"preprocess": "in_dir"},
+    "evaluate": {"preprocess": "preprocess_dir", "train": "train_dir"},
+    "export": {"preprocess": "preprocess_dir", "train": "train_dir", "evaluate": "evaluate_dir"},
+}
+
+
+def _stage_args(inputs: dict[str, str], p: argparse.ArgumentParser) -> None:
+    add_params(p)
+    for flag in inputs:
+        p.add_argument(f"--{flag}", required=True, help=f"{flag} folder")
+    p.add_argument("--out", required=True, help="output folder")
+
+
+def _run_stage(name: str, args: argparse.Namespace) -> int:
+    """The stage's door: validate params.yaml, then call ``imgclf.stages.<name>.run``."""
+    from imgclf.config import load_config
+
+    cfg = load_config(args.params)
+    stage = importlib.import_module(f"imgclf.stages.{name}")  # only the one that runs
+    folders = {kw: Path(getattr(args, flag)) for flag, kw in STAGE_INPUTS[name].items()}
+    started = time.perf_counter()
+    stage.run(cfg, out_dir=Path(args.out), **folders)
+    log.info("%s: done in %.1f s", name, time.perf_counter() - started)
+    return 0
+
+
+def _params_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. optimizer=sgd")
+    p.add_argument("--conf", default="conf", help="Hydra config folder")
+    p.add_argument("--out", default="params.yaml")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if the file differs from the composition instead of writing",
+    )
+
+
+def _params(args: argparse.Namespace) -> int:
+    from imgclf.compose import compose_params, write_params
+
+    conf, out = Path(args.conf), Path(args.out)
+    if args.check:
+        current = out.read_text(encoding="utf-8") if out.is_file() else ""
+        if current != compose_params(conf, args.overrides):
+            log.error("%s is out of date with %s: run `make params` and commit it", out, conf)
+            return 1
+        log.info("%s matches %s", out, conf)
+        return 0
+    changed = write_params(conf, out, args.overrides)
+    log.info("%s %s", out, "written" if changed else "already up to date")
+    return 0
+
+
+def _doctor_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fix",
+        action="store_true",
+        help="remove a stale .dvc/tmp/rwlock (never one a live DVC process holds)",
+    )
+    p.add_argument("--root", default=None, help="project folder (default: this project)")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from imgclf.dvclock import diagnose
+    from imgclf.lineage import project_root
+
+    ok, lines = diagnose(Path(args.root) if args.root else project_root(), fix=args.fix)
+    for line in lines:
+        print(line)
+    return 0 if ok else 1
+
+
+def _ui(args: argparse.Namespace) -> int:
+    import shutil
+
+    from imgclf import tracking
+
+    cmd = tracking.ui_command(args.host, args.port)
+    exe = shutil.which(cmd[0]) or str(Path(sys.executable).with_name(cmd[0]))
+    log.info("MLflow UI on http://%s:%d over %s", args.host, args.port, cmd[7])
+    sys.stdout.flush()
+    os.execv(exe, [exe, *cmd[1:]])
+    return 0  # not reached
+
+
+COMMANDS = [
+    *(
+        Command(
+            name,
+            f"run the {name} stage (as dvc.yaml does)",
+            functools.partial(_stage_args, inputs),
+            functools.partial(_run_stage, name),
+        )
+        for name, inputs in STAGE_INPUTS.items()
+    ),
+    Command(
+        "params",
+        "compose conf/ (Hydra) into params.yaml, as dvc exp run does",
+        _params_args,
+        _params,
+    ),
+    Command(
+        "ui",
+        "MLflow UI over the project's store (127.0.0.1 by default)",
+        functools.partial(add_bind, port=5000),
+        _ui,
+    ),
+    Command(
+        "doctor",
+        "after a killed `dvc repro`: find stale DVC locks and say how to recover "
+        "(make repro runs it when dvc repro fails)",
+        _doctor_args,
+        _doctor,
+    ),
+]
