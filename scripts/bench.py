@@ -19,13 +19,10 @@ Timings are noisy on shared machines: read them as this run's numbers, not as li
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import json
 import os
 import platform
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -33,8 +30,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from bench_report import render, stage_times, write_benchmarks  # scripts/, beside this file
+
 ROOT = Path(__file__).resolve().parents[1]
-START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 # The baseline is the seed project's recipe: its plain CNN, constant Adam 1e-3, no label
 # smoothing, 40 epochs with early stopping on validation (no refit); on the same cached
 # tensors (64x96, the default data.fit) and split, so only the model and training recipe differ.
@@ -77,6 +75,7 @@ def accuracy_rows(clone: Path, seeds: list[int]) -> list[dict[str, Any]]:
     import keras
     import yaml
 
+    from imgclf.artifacts import PreprocessOutputs
     from imgclf.compose import compose_params
     from imgclf.config import config_from_dict
     from imgclf.stages import evaluate, train
@@ -90,11 +89,12 @@ def accuracy_rows(clone: Path, seeds: list[int]) -> list[dict[str, Any]]:
             work = clone / "bench" / f"{label.split()[0]}-{seed}"
             keras.backend.clear_session()
             t0 = time.perf_counter()
-            train.run(cfg, in_dir=clone / "artifacts" / "preprocess", out_dir=work / "train")
+            pre = PreprocessOutputs.in_project(clone).root
+            train.run(cfg, in_dir=pre, out_dir=work / "train")
             secs.append(time.perf_counter() - t0)
             res = evaluate.run(
                 cfg,
-                preprocess_dir=clone / "artifacts" / "preprocess",
+                preprocess_dir=pre,
                 train_dir=work / "train",
                 out_dir=work / "evaluate",
             )
@@ -112,14 +112,13 @@ def accuracy_rows(clone: Path, seeds: list[int]) -> list[dict[str, Any]]:
 
 def input_throughput(clone: Path, batch_size: int) -> tuple[float, float]:
     """Images/s of one training epoch's input: cached tensors vs decode+resize per file."""
-    from imgclf.artifacts import load_dataset
-    from imgclf.fileio import read_json
+    from imgclf.artifacts import PreprocessOutputs
     from imgclf.images import load_resized
     from imgclf.training import make_datasets
 
-    pre = clone / "artifacts" / "preprocess"
-    arrays = load_dataset(pre / "dataset.npz")
-    n_classes = len(read_json(pre / "classes.json"))
+    pre = PreprocessOutputs.in_project(clone)
+    arrays = pre.load_dataset()
+    n_classes = len(pre.read_classes())
     height, width = arrays["x_train"].shape[1:3]
     train_ds, _ = make_datasets(arrays, n_classes, batch_size, seed=0)
     for _ in train_ds.take(1):  # build the pipeline before timing
@@ -131,14 +130,9 @@ def input_throughput(clone: Path, batch_size: int) -> tuple[float, float]:
             n += int(x.shape[0])
     cached = n / (time.perf_counter() - t0)
 
-    with (pre / "split.csv").open(newline="", encoding="utf-8") as f:
-        paths = [
-            clone / "data" / "id-cards" / r["path"]
-            for r in csv.DictReader(f)
-            if r["subset"] == "train"
-        ]
+    paths = [clone / "data" / "id-cards" / r["path"] for r in pre.read_split("train")]
     t0 = time.perf_counter()
-    fit = read_json(pre / "input.json")["fit"]
+    fit = pre.read_fit()
     for p in paths:
         load_resized(p, int(height), int(width), fit)
     decoded = len(paths) / (time.perf_counter() - t0)
@@ -152,11 +146,11 @@ def predict_speed(clone: Path, env: dict[str, str]) -> tuple[dict[str, float], d
     32 already-resized images, decoding excluded): the export folder's default format (ONNX
     through onnxruntime) and the ``.h5`` through Keras.
     """
-    from imgclf.artifacts import load_dataset
+    from imgclf.artifacts import FORMAT_FILES, ExportOutputs, PreprocessOutputs
     from imgclf.predict import load_model
 
-    export = clone / "artifacts" / "export"
-    x = load_dataset(clone / "artifacts" / "preprocess" / "dataset.npz")["x_test"]
+    export = ExportOutputs.in_project(clone).root
+    x = PreprocessOutputs.in_project(clone).load_dataset()["x_test"]
     batch: dict[str, float] = {}
     for fmt in ("onnx", "h5"):
         predictor = load_model(str(export), fmt).predictor
@@ -170,97 +164,21 @@ def predict_speed(clone: Path, env: dict[str, str]) -> tuple[dict[str, float], d
 
     one = str(next((clone / "data" / "id-cards" / "Testing_Data" / "others").iterdir()))
     imgclf = str(Path(sys.executable).with_name("imgclf"))
-    formats = clone / "artifacts" / "export" / "formats"
+    model = ExportOutputs.in_project(clone).model
 
     def best_of(args: list[str], n: int = 3) -> float:
         return min(sh([imgclf, "predict", one, *args], clone, env)[0] for _ in range(n))
 
-    best_of(["--model", str(formats / "model.h5")], 1)  # warm the page cache
+    def file_of(fmt: str) -> list[str]:
+        return ["--model", str(model.root / FORMAT_FILES[fmt])]
+
+    best_of(file_of("h5"), 1)  # warm the page cache
     one_file = {
-        "onnx": best_of(["--model", str(formats / "model.onnx")]),
-        "h5": best_of(["--model", str(formats / "model.h5")]),
-        "registry": best_of([], 2),  # models:/idcards@champion, its default format (ONNX)
+        "onnx": best_of(file_of("onnx")),
+        "h5": best_of(file_of("h5")),
+        "registry": best_of([], 2),  # the project's @champion, its default format (ONNX)
     }
     return batch, one_file
-
-
-def spread(xs: list[float]) -> str:
-    mean = statistics.fmean(xs)
-    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-    return f"{100 * mean:.1f} % ± {100 * sd:.1f} (min {100 * min(xs):.1f})"
-
-
-def render(results: dict[str, Any]) -> str:
-    """The generated block of BENCHMARKS.md."""
-    r = results
-    lines = [
-        START,
-        f"Measured {r['date']} on {r['machine']}, commit `{r['commit']}`, "
-        f"{len(r['seeds'])} seeds ({', '.join(map(str, r['seeds']))}), by `make bench`.",
-        "",
-        "| what | measured | target |",
-        "|---|---|---|",
-    ]
-    for row in r["accuracy"]:
-        lines.append(
-            f"| {row['label']}: test accuracy (150 files) | {spread(row['acc'])} | "
-            f"{'≥ 99 %' if row['label'].startswith('default') else 'baseline'} |"
-        )
-        lines.append(
-            f"| {row['label']}: `leakfree_accuracy` ({r['n_leakfree']} files) | "
-            f"{spread(row['free'])} | "
-            f"{'≥ 98 %' if row['label'].startswith('default') else 'baseline'} |"
-        )
-        lines.append(
-            f"| {row['label']}: train stage time | {statistics.fmean(row['secs']):.0f} s mean | |"
-        )
-    lines += [
-        f"| full `dvc repro` (ingest → export) | {r['repro_s']:.0f} s | ≤ 120 s |",
-        f"| no-op `dvc repro` | {r['noop_s']:.2f} s | ≤ 2 s |",
-        f"| training input, cached tensors | {r['cached_ips']:.0f} images/s | |",
-        f"| training input, decode + resize every file | {r['decoded_ips']:.0f} images/s | |",
-        f"| input pipeline speed-up | {r['cached_ips'] / r['decoded_ips']:.0f}× | ≥ 5× |",
-        f"| batch prediction, test set, batches of 32, ONNX (`imgclf predict`'s default) | "
-        f"{r['batch_ips']['onnx']:.0f} images/s | ≥ 300 images/s |",
-        f"| batch prediction, test set, batches of 32, `.h5` through Keras | "
-        f"{r['batch_ips']['h5']:.0f} images/s | |",
-        f"| `imgclf predict` one file, `--model model.onnx` | {r['one_file']['onnx']:.2f} s | "
-        "≤ 3 s |",
-        f"| `imgclf predict` one file, `--model model.h5` (imports TensorFlow) | "
-        f"{r['one_file']['h5']:.2f} s | |",
-        f"| `imgclf predict` one file, `models:/idcards@champion` (imports MLflow) | "
-        f"{r['one_file']['registry']:.2f} s | |",
-        "",
-        "Stage times of the full repro: "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in r["stages"].items())
-        + ".",
-        END,
-    ]
-    return "\n".join(lines)
-
-
-def write_benchmarks(path: Path, block: str) -> None:
-    """Replace the generated block in ``path``, keeping the hand-written notes around it."""
-    text = (
-        path.read_text(encoding="utf-8") if path.is_file() else f"# Benchmarks\n\n{START}\n{END}\n"
-    )
-    if START not in text or END not in text:
-        text = f"{text.rstrip()}\n\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(head + block + tail, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def stage_times(log: str) -> dict[str, float]:
-    """Parse the ``<stage>: done in N s`` lines the stage doors log."""
-    out: dict[str, float] = {}
-    for line in log.splitlines():
-        if ": done in " in line:
-            name, _, rest = line.rpartition(": done in ")
-            out[name.split()[-1]] = float(rest.split()[0])
-    return out
 
 
 def main() -> int:
@@ -299,13 +217,16 @@ def main() -> int:
         os.environ["PYTHONPATH"] = str(clone / "src")
         sys.path.insert(0, str(clone / "src"))
         os.chdir(clone)  # lineage tags and the store resolve from the clone, like a stage
+        from imgclf.artifacts import EvaluateOutputs
+        from imgclf.predict import default_model_uri
+
         print("bench: input throughput", flush=True)
         cached, decoded = input_throughput(clone, batch_size=32)
         print("bench: prediction", flush=True)
         batch, one_file = predict_speed(clone, env)
         print("bench: accuracy over seeds", flush=True)
         acc_rows = accuracy_rows(clone, args.seeds)
-        metrics = json.loads((clone / "artifacts" / "evaluate" / "metrics.json").read_text())
+        metrics = EvaluateOutputs.in_project(clone).read_metrics()
         results = {
             "date": dt.date.today().isoformat(),
             "machine": f"{os.cpu_count()} cores ({cpu_name()}), {platform.platform(terse=True)}",
@@ -320,6 +241,7 @@ def main() -> int:
             "decoded_ips": decoded,
             "batch_ips": batch,
             "one_file": one_file,
+            "champion": default_model_uri(clone),
         }
         block = render(results)
         print(block)

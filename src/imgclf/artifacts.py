@@ -1,26 +1,25 @@
 """Every stage output: its folder, its file names and its typed read and write, in one place.
 
-One class per stage output folder (plus :class:`ModelFolder`, the exported model's files, the
-same in ``artifacts/export/formats`` and in a registry version's ``formats/``). On an instance an
+One class per stage output folder, plus :class:`ModelFolder`: the exported model's files, laid
+out the same in the export stage's model folder and in a registry version. On an instance an
 attribute is a path (``PreprocessOutputs(root).dataset``); on the class it is the file's entry,
-so ``PreprocessOutputs.dataset.name == "dataset.npz"``. Stages, sweeps, promote, predict and the
-benchmark reach each other's outputs only through here, so each file name appears once in the
-code; ``dvc.yaml`` repeats the paths, and tests/unit/test_artifacts.py checks that they agree.
-Every write is atomic (:mod:`imgclf.fileio`): a killed stage never leaves half a file.
+whose ``.name`` is the file name. Stages, sweeps, promote, predict and the benchmark reach each
+other's outputs only through here, so each file name appears once in the code; ``dvc.yaml``
+repeats the paths, and tests/unit/test_artifacts.py checks that the two agree. Every write is
+atomic (:mod:`imgclf.fileio`): a killed stage never leaves half a file.
 """
 
 from __future__ import annotations
 
 import csv
-import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self, overload
 
 import numpy as np
 
 from imgclf.config import FITS, FORMAT_NAMES
-from imgclf.fileio import atomic_path, read_json, write_json, write_text
+from imgclf.fileio import atomic_path, read_json, write_csv, write_json
 
 ARTIFACTS_DIR = "artifacts"  # the project's stage outputs: artifacts/<stage>/
 # Where each exported format lives inside a model folder (a SavedModel is a folder).
@@ -123,26 +122,21 @@ class IngestOutputs(_Figures):
 
     @property
     def card_figures(self) -> list[Path]:
-        """The figures ``dataset_card.md`` shows, in its order."""
+        """The figures the dataset card shows, in its order."""
         return [self.class_counts_png, self.sample_grid_png, self.image_sizes_png]
 
     def write_index(self, rows: list[dict]) -> None:
         write_csv(self.index, self.INDEX_FIELDS, ([r[k] for k in self.INDEX_FIELDS] for r in rows))
 
     def read_index(self) -> list[dict[str, str]]:
-        return read_index(self.index)
+        with self.index.open(newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
 
     def read_classes(self) -> list[str]:
         return list(read_json(self.report)["classes"])
 
     def write_run_id(self, run_id: str) -> None:
         write_json(self.mlflow_run, {"run_id": run_id})
-
-
-def read_index(path: Path) -> list[dict[str, str]]:
-    """Read ingest's ``index.csv``."""
-    with path.open(newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
 
 
 class PreprocessOutputs(_ModelDescription, _Figures):
@@ -212,11 +206,27 @@ class TrainOutputs(Outputs):
 
         return keras.models.load_model(self.model, safe_mode=True)
 
+    HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
     def write_history(self, history: dict[str, list[float]]) -> None:
-        write_history(self.history, history)
+        """Per-epoch metrics as CSV (epoch numbers from 1).
+
+        The columns are always the same four, so ``dvc plots`` and ``dvc exp show`` compare a
+        refit (no validation: its val cells are empty) with a validated run.
+        """
+        keys = self.HISTORY_KEYS
+        rows = (
+            [i + 1, *(f"{history[k][i]:.6f}" if k in history else "" for k in keys)]
+            for i in range(len(history["loss"]))
+        )
+        write_csv(self.history, ("epoch", *keys), rows)
 
     def read_history(self) -> dict[str, list[float]]:
-        return read_history(self.history)
+        """The history back as lists per metric (empty columns dropped)."""
+        with self.history.open(newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
+        return {k: [float(r[k]) for r in rows] for k in keys if all(r[k] for r in rows)}
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.summary, summary)
@@ -226,30 +236,6 @@ class TrainOutputs(Outputs):
 
     def read_run_id(self) -> str:
         return str(read_json(self.run)["run_id"])
-
-
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
-
-
-def write_history(path: Path, history: dict[str, list[float]]) -> None:
-    """Per-epoch metrics as CSV (epoch numbers from 1).
-
-    The columns are always the same four, so ``dvc plots`` and ``dvc exp show`` compare a refit
-    (no validation: its val cells are empty) with a validated run.
-    """
-    rows = (
-        [i + 1, *(f"{history[k][i]:.6f}" if k in history else "" for k in HISTORY_KEYS)]
-        for i in range(len(history["loss"]))
-    )
-    write_csv(path, ("epoch", *HISTORY_KEYS), rows)
-
-
-def read_history(path: Path) -> dict[str, list[float]]:
-    """Read :func:`write_history`'s CSV back into lists per metric (empty columns dropped)."""
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    keys = [k for k in (rows[0] if rows else {}) if k != "epoch"]
-    return {k: [float(r[k]) for r in rows] for k in keys if all(r[k] for r in rows)}
 
 
 class EvaluateOutputs(Outputs):
@@ -290,14 +276,11 @@ def write_predictions(
 
 
 class ModelFolder(_ModelDescription):
-    """An exported model's files: every valid format, ``classes.json``, ``input.json``,
-    ``parity.json`` and ``manifest.json`` (the sha256 of every file)."""
+    """An exported model's files: every valid format (:data:`FORMAT_FILES`), the class names, the
+    input spec, the parity check's results and the manifest (the sha256 of every file)."""
 
     manifest = File("manifest.json")
     parity = File("parity.json")  # per-format parity with the Keras model
-
-    def format_path(self, fmt: str) -> Path:
-        return self.root / FORMAT_FILES[fmt]
 
     def read_manifest(self) -> dict[str, str] | None:
         """``{relative path: sha256}``, or ``None`` when the folder has no manifest."""
@@ -312,9 +295,9 @@ class ModelFolder(_ModelDescription):
 
 class ExportOutputs(Outputs):
     STAGE = "export"
-    formats = File("formats")  # a ModelFolder, stored as the version's formats/ too
+    formats = File("formats")  # a ModelFolder, the very folder the registered version stores
     registered = File("registered.json")  # name, version, aliases, uri, formats
-    parity = File(ModelFolder.parity.name)  # the formats folder's, as a DVC metric
+    parity = File(ModelFolder.parity.name)  # the model folder's, again as a DVC metric
 
     @property
     def model(self) -> ModelFolder:
@@ -322,12 +305,3 @@ class ExportOutputs(Outputs):
 
     def write_registered(self, record: dict[str, Any]) -> None:
         write_json(self.registered, record)
-
-
-def write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
-    """Write a CSV atomically with ``\\n`` line ends (stable bytes for DVC on every OS)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,15 @@ def write_text(target: Path | str, text: str) -> None:
 def write_json(target: Path | str, obj: Any) -> None:
     """Write JSON atomically (sorted keys, stable diffs)."""
     write_text(target, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_csv(target: Path | str, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+    """Write a CSV atomically with Unix line ends (the same bytes on every OS, for DVC)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(target, buf.getvalue())
 
 
 def read_json(path: Path | str) -> Any:

@@ -116,7 +116,7 @@ def test_refit_trains_on_train_plus_val_for_every_epoch(pipeline, tmp_path):
     lines = (tmp_path / "train" / "history.csv").read_text().splitlines()
     assert lines[0] == "epoch,loss,accuracy,val_loss,val_accuracy" and len(lines) == 5
     assert all(line.endswith(",,") for line in lines[1:])
-    assert set(artifacts.read_history(tmp_path / "train" / "history.csv")) == {"loss", "accuracy"}
+    assert set(artifacts.TrainOutputs(tmp_path / "train").read_history()) == {"loss", "accuracy"}
     client = MlflowClient(pipeline["uri"])
     run = client.get_run(t.run_id)
     assert run.data.params["train.refit"] == "True"

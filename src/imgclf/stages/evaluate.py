@@ -54,7 +54,7 @@ def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) ->
     leak = pre.read_leak_flags(len(y_test))
     metrics = score(y_test, y_pred, leak, classes)
     free = ~leak
-    # Matrices are not scalars: keep them out of metrics.json so `dvc metrics show` stays flat.
+    # Matrices are not scalars: keep them out of the metrics file, so `dvc metrics show` stays flat.
     confusion = {k: metrics.pop(k) for k in ("confusion_matrix", "confusion_matrix_leakfree")}
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,12 @@
 """export: write the model in every format, check each against Keras, register a new version.
 
-Formats (``export.formats``): ``model.h5`` (the format users asked for), ``model.keras``, a
-TensorFlow ``saved_model/``, ``model.tflite`` and ``model.onnx``, all from the same inference
-model (raw uint8 RGB in, softmax out). Each file is loaded back through its own runtime and run
-on a batch of real test images: the predicted labels must equal Keras's and no probability may
-differ by more than ``export.parity_max_abs_diff``. A format that fails is left out of the
-version and tagged ``format.<name> = invalid: <why>``; ``h5`` and ``keras`` must pass.
+Formats (``export.formats``): ``h5`` (the format users asked for), ``keras``, a TensorFlow
+``saved_model``, ``tflite`` and ``onnx`` (files named by :data:`imgclf.artifacts.FORMAT_FILES`),
+all from the same inference model (raw uint8 RGB in, softmax out). Each file is loaded back
+through its own runtime and run on a batch of real test images: the predicted labels must equal
+Keras's and no probability may differ by more than ``export.parity_max_abs_diff``. A format
+that fails is left out of the version and tagged ``format.<name> = invalid: <why>``; ``h5`` and
+``keras`` must pass.
 
 Interrupt safety: everything is written and checked in a staging folder first; the files are
 stored in MLflow before the version is created (with all its tags at once), and a version whose
@@ -204,7 +205,7 @@ def _export(
             tracking.delete_version(name, version)
             raise
     # The checked folder becomes the export's model folder in one rename, the same layout
-    # as the version's formats/ in the registry.
+    # as the registered version's.
     if out.formats.exists():
         shutil.rmtree(out.formats)
     os.replace(staging.root, out.formats)
