@@ -15,11 +15,11 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 
 help:
 	@echo "make repro   set up .venv, dvc pull the data, dvc repro the pipeline, show metrics"
-	@echo "make test    set up .venv and run the test suite (what CI runs)"
+	@echo "make test    set up .venv, make lint, then the test suite (what CI runs)"
 	@echo "make ui      MLflow UI over the project's store on http://$(HOST):$(PORT)"
 	@echo "make params  recompose params.yaml from conf/ (Hydra)"
 	@echo "make sweep   Optuna sweep (conf/sweep/\$$(SWEEP).yaml), SWEEP_ARGS for overrides"
-	@echo "make lint    ruff + mypy on src/"
+	@echo "make lint    ruff (lint + format), mypy on src/, import-linter's layering contracts"
 	@echo "make bench   measure accuracy (3 seeds), repro time, throughput; write BENCHMARKS.md"
 
 setup: $(STAMP)
@@ -41,7 +41,8 @@ repro: $(STAMP)
 	$(BIN)/dvc repro || { $(BIN)/imgclf doctor; exit 1; }
 	$(BIN)/dvc metrics show
 
-test: $(STAMP)
+# CI runs `make test`, so the lint (and the layering contracts in pyproject.toml) gate it too.
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
@@ -64,6 +65,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts
 	$(BIN)/ruff format --check src tests scripts
 	$(BIN)/mypy src
+	$(BIN)/lint-imports
 
 bench: $(STAMP)
 	$(BIN)/dvc pull --quiet data.dvc
