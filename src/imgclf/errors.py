@@ -8,6 +8,8 @@ defined; this module imports nothing, so ``imgclf predict`` need not import MLfl
 matplotlib only for an exception class.
 """
 
+EXIT_USER_ERROR = 2  # the exit status of a command that stopped on an ImgclfError
+
 
 class ImgclfError(Exception):
     """An expected failure: the message names the file or key and what to do about it."""

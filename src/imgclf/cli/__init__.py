@@ -15,9 +15,8 @@ import sys
 from imgclf import interrupts
 from imgclf.cli import models, pipeline
 from imgclf.cli.command import Command, setup_logging
-from imgclf.errors import ImgclfError
+from imgclf.errors import EXIT_USER_ERROR, ImgclfError
 
-EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 

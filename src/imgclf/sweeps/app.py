@@ -13,9 +13,11 @@ job is one MLflow run; in a sweep (``-m``) every job is a child run of one paren
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf import interrupts, tracking
+from imgclf.compose import FIX_OVERRIDE
 from imgclf.config import Config, config_from_dict
+from imgclf.errors import EXIT_USER_ERROR, ImgclfError
 from imgclf.lineage import lineage_tags
 from imgclf.sweeps.job import ENV_CONF_DIR, STATE, conf_dir, load_arrays, preprocess_dir, run_job
 
@@ -41,7 +45,9 @@ def task(dcfg: DictConfig) -> dict[str, float]:
 
     raw = OmegaConf.to_container(dcfg, resolve=True)
     assert isinstance(raw, dict)
-    cfg = config_from_dict({str(k): v for k, v in raw.items()}, source="imgclf-train")
+    cfg = config_from_dict(
+        {str(k): v for k, v in raw.items()}, source="conf/ + overrides", fix=FIX_OVERRIDE
+    )
     if cfg.train.refit:  # a job is scored on validation, so it must not train on it
         log.info("imgclf-train validates every job: train.refit applies to the train stage only")
         cfg = replace(cfg, train=replace(cfg.train, refit=False))
@@ -54,7 +60,7 @@ def task(dcfg: DictConfig) -> dict[str, float]:
     if multirun:
         parent = STATE.parent_run_id or _open_grid_parent(cfg, str(hc.sweep.dir))
     if link is not None:
-        run_name = f"trial-{link.trial.number}"
+        run_name = f"trial-{link.trial.number}-{link.study_name}"
     else:
         run_name = f"job-{hc.job.num}" if multirun else "imgclf-train"
     tags = {
@@ -81,11 +87,12 @@ def task(dcfg: DictConfig) -> dict[str, float]:
 
 def _open_grid_parent(cfg: Config, sweep_dir: str) -> str:
     """The parent run of a grid sweep, created by its first job (one sweep = one process)."""
-    STATE.parent_run_id = tracking.open_parent_run(
+    STATE.parent_run_id = tracking.open_run(
         cfg.mlflow.experiment_name,
-        run_name=f"sweep {Path(sweep_dir).name}",
-        tags={**lineage_tags(), "stage": "sweep", "imgclf.sweep_dir": sweep_dir},
-    )
+        f"sweep-{Path(sweep_dir).name}",
+        tags={"stage": "sweep", "imgclf.sweep_dir": sweep_dir},
+        active=False,  # its jobs are the active runs
+    ).run_id
     STATE.parent_owned = True
     return STATE.parent_run_id
 
@@ -135,7 +142,9 @@ def main() -> None:
             f"or set {ENV_CONF_DIR}\n"
         )
         sys.exit(2)
-    app = hydra.main(config_path=str(conf), config_name="config", version_base=None)(task)
+    app = hydra.main(config_path=str(conf), config_name="config", version_base=None)(
+        _one_line_errors(task)
+    )
     try:
         with interrupts.handlers():  # SIGTERM unwinds like Ctrl-C: the job's run ends KILLED
             app()
@@ -149,6 +158,25 @@ def main() -> None:
     except BaseException:
         _end_grid_parent("FAILED")
         raise
+
+
+def _one_line_errors(job: Callable[[DictConfig], dict[str, float]]) -> Callable[..., Any]:
+    """An expected failure of a lone job or a grid job prints one line, not Hydra's traceback.
+
+    An Optuna trial's is raised on instead: the study must record the trial FAILED.
+    """
+
+    @functools.wraps(job)
+    def wrapper(dcfg: DictConfig) -> dict[str, float]:
+        try:
+            return job(dcfg)
+        except ImgclfError as exc:
+            if STATE.link is not None:
+                raise
+            sys.stderr.write(f"imgclf-train: {exc}\n")
+            sys.exit(EXIT_USER_ERROR)  # main() ends a grid sweep's parent run FAILED
+
+    return wrapper
 
 
 def _end_grid_parent(status: str) -> None:
