@@ -22,9 +22,19 @@ FIX_OVERRIDE = "fix the override or conf/"
 
 
 def conf_dir() -> Path:
-    """The Hydra config folder: ``$IMGCLF_CONF_DIR``, else ``<project root>/conf``."""
+    """The Hydra config folder: ``$IMGCLF_CONF_DIR``, else ``<project root>/conf``.
+
+    Outside a project (``imgclf validate`` on any folder), the ``conf/`` beside this package's
+    source, the values every project starts from, where there is one.
+    """
     env = os.environ.get(ENV_CONF_DIR)
-    return Path(env).resolve() if env else project_root() / "conf"
+    if env:
+        return Path(env).resolve()
+    conf = project_root() / "conf"
+    source_conf = Path(__file__).resolve().parents[2] / "conf"  # src/imgclf/compose.py
+    if not (conf / "config.yaml").is_file() and (source_conf / "config.yaml").is_file():
+        return source_conf
+    return conf
 
 
 def compose_dict(conf: Path, overrides: list[str] | None = None) -> dict[str, Any]:

@@ -26,11 +26,11 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from imgclf import interrupts, tracking
-from imgclf.compose import FIX_OVERRIDE
+from imgclf.compose import ENV_CONF_DIR, FIX_OVERRIDE, conf_dir
 from imgclf.config import Config, config_from_dict
 from imgclf.errors import EXIT_USER_ERROR, ImgclfError
 from imgclf.lineage import lineage_tags
-from imgclf.sweeps.job import ENV_CONF_DIR, STATE, conf_dir, load_arrays, preprocess_dir, run_job
+from imgclf.sweeps.job import STATE, load_arrays, preprocess_dir, run_job
 
 log = logging.getLogger(__name__)
 
