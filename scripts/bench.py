@@ -73,19 +73,16 @@ def cpu_name() -> str:
 def accuracy_rows(clone: Path, seeds: list[int]) -> list[dict[str, Any]]:
     """Train + evaluate each config and seed in-process on the clone's cached split."""
     import keras
-    import yaml
 
     from imgclf.artifacts import PreprocessOutputs
-    from imgclf.compose import compose_params
-    from imgclf.config import config_from_dict
+    from imgclf.compose import compose_config
     from imgclf.stages import evaluate, train
 
     rows = []
     for label, overrides in CONFIGS:
         accs, free, secs = [], [], []
         for seed in seeds:
-            raw = yaml.safe_load(compose_params(clone / "conf", [*overrides, f"train.seed={seed}"]))
-            cfg = config_from_dict(raw)
+            cfg = compose_config(clone / "conf", [*overrides, f"train.seed={seed}"])
             work = clone / "bench" / f"{label.split()[0]}-{seed}"
             keras.backend.clear_session()
             t0 = time.perf_counter()
