@@ -35,7 +35,7 @@ from imgclf.predict import ModelLoadError, load_model
 from imgclf.predictors import IntegrityError, verify_files
 from imgclf.promote import Measured, judge
 from imgclf.stages import evaluate, export, ingest, preprocess, train
-from tests.conftest import TINY_CLASSES, draw_class_image, tiny_config
+from tests.conftest import TINY_CLASSES, draw_class_image, tiny_config, write_params
 
 DATA_MD5 = "0123456789abcdef0123456789abcdef.dir"
 NAME = "tiny-model"
@@ -90,15 +90,7 @@ def reg(tiny_dataset, tmp_path_factory):
             evaluate_dir=art / f"evaluate_{t}",
             out_dir=art / out,
         )
-    params = work / "params.yaml"
-    params.write_text(
-        json.dumps(
-            {
-                "data": {"image_height": 32, "image_width": 48},
-                "mlflow": {"experiment_name": "tiny", "registered_model_name": NAME},
-            }
-        )
-    )
+    params = write_params(work / "params.yaml", cfg)  # what promote and registry read
     tracking.configure()
     yield {
         "work": work,
