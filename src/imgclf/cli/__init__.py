@@ -59,6 +59,3 @@ def one_line(exc: BaseException) -> str:
 
 
 __all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USER_ERROR", "main"]
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,7 @@
+"""``python -m imgclf.cli``: the ``imgclf`` command without its console script."""
+
+import sys
+
+from imgclf.cli import main
+
+sys.exit(main())
