@@ -145,12 +145,12 @@ def inference_model(model: keras.Model) -> keras.Model:
     )
 
 
+# The values come from conf/optimizer/*.yaml only (adamw.yaml holds the 0.004 default): a
+# configured ``weight_decay: 0`` must stay 0, so no fallback here.
 OPTIMIZERS: dict[str, Any] = {
     "sgd": lambda c, lr: keras.optimizers.SGD(learning_rate=lr, momentum=c.momentum),
     "adam": lambda c, lr: keras.optimizers.Adam(learning_rate=lr),
-    "adamw": lambda c, lr: keras.optimizers.AdamW(
-        learning_rate=lr, weight_decay=c.weight_decay or 0.004
-    ),
+    "adamw": lambda c, lr: keras.optimizers.AdamW(learning_rate=lr, weight_decay=c.weight_decay),
 }
 
 

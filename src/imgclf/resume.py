@@ -3,7 +3,8 @@
 Keras's ``BackupAndRestore`` restores weights, optimizer state and the epoch counter, but it
 overwrites its files in place (a kill during the write leaves a torn file), and it does not carry
 the other callbacks' state: early-stopping counters, the best-so-far weights, the history and the
-MLflow run. So train uses this module instead, which keeps all of it together:
+MLflow run. So train puts :func:`checkpoint_callback` on the training loop
+(:func:`imgclf.training.fit`) instead, which keeps all of it together:
 
 ``<out_dir>/.resume/epoch-NNNN/`` holds, for the last finished epoch ``NNNN``,
 ``latest.weights.h5`` (model *and* optimizer variables, so Adam's moments and
@@ -25,16 +26,17 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from imgclf import tracking
 from imgclf.errors import ImgclfError
 from imgclf.fileio import fsync, read_json, write_json
+from imgclf.training import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -50,23 +52,12 @@ class TrainingBusyError(ImgclfError, RuntimeError):
     """Another process is training into the same output folder."""
 
 
-@dataclass
-class ResumeState:
-    """Everything besides the weights that a resumed fit needs to continue seamlessly."""
+@dataclass(kw_only=True)
+class ResumeState(TrainingState):
+    """The loop's state plus what ties a checkpoint to its experiment and its MLflow run."""
 
     key: str
     run_id: str | None = None
-    epochs_done: int = 0
-    history: dict[str, list[float]] = field(default_factory=dict)
-    best_value: float | None = None
-    best_epoch: int = 0  # 1-based; 0 while no epoch has finished
-    wait: int = 0  # epochs since the best one, as EarlyStopping counts them
-    stopped_early: bool = False
-    diverged: bool = False
-
-    def finished(self, epochs: int) -> bool:
-        """Whether training already ran to its end (all epochs, or early stopping)."""
-        return self.stopped_early or self.epochs_done >= epochs
 
 
 def dataset_md5(path: Path) -> str:
@@ -86,13 +77,6 @@ def resume_key(params: Mapping[str, Any], data_files: list[Path]) -> str:
         default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-def _is_better(monitor: str, current: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    # EarlyStopping's rule: losses improve downwards, everything else upwards, strictly.
-    return current < best if "loss" in monitor else current > best
 
 
 class Checkpointer:
@@ -214,26 +198,16 @@ class Checkpointer:
         self._current = None
 
 
-def make_callback(
-    checkpointer: Checkpointer,
-    state: ResumeState,
-    *,
-    monitor: str | None,
-    patience: int,
-    on_epoch: Callable[[int, dict[str, float]], None],
-) -> Any:
-    """A Keras callback: early stopping, best-weights tracking and a checkpoint per epoch.
+def checkpoint_callback(checkpointer: Checkpointer, state: ResumeState) -> Any:
+    """The training loop's checkpoint: the weights and ``state`` committed after each epoch.
 
-    It replaces ``EarlyStopping`` + ``ModelCheckpoint`` because their counters would reset on a
-    resumed ``fit``; here they live in ``state`` and are committed with the weights. With
-    ``monitor=None`` (a refit, which has no validation data) every epoch runs and the last one
-    is kept. ``on_epoch``
-    (the MLflow logger) runs only after the commit, so a kill never logs an epoch twice; epochs
-    committed but not logged are logged on resume (see train).
+    It replaces ``ModelCheckpoint``/``BackupAndRestore`` (see the module's docstring). In the
+    loop it runs after early stopping has recorded the epoch into ``state`` and before the epoch
+    is logged; epochs committed but not logged are logged on resume (:func:`log_missed_epochs`).
     """
     import keras
 
-    class ResumableTraining(keras.callbacks.Callback):
+    class Checkpoint(keras.callbacks.Callback):
         def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
             if checkpointer.best_weights() is None:
                 # Epoch 0: the run id is on disk before the first epoch, so a kill in epoch 1
@@ -241,35 +215,44 @@ def make_callback(
                 checkpointer.commit(self.model, state, improved=True)
 
         def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
-            values = {k: float(v) for k, v in (logs or {}).items()}
-            if not values or any(math.isnan(v) or math.isinf(v) for v in values.values()):
-                state.diverged = True  # TerminateOnNaN stops the fit; never checkpoint it
-                self.model.stop_training = True
+            if state.diverged:
+                checkpointer.discard()  # resuming a diverged run would only diverge again
                 return
-            for k, v in values.items():
-                state.history.setdefault(k, []).append(v)
-            state.epochs_done = epoch + 1
-            if monitor is None:
-                improved = True
-                state.best_epoch = epoch + 1
-            elif improved := _is_better(monitor, values[monitor], state.best_value):
-                state.best_value, state.best_epoch, state.wait = values[monitor], epoch + 1, 0
-            else:
-                state.wait += 1
-                if state.wait >= patience and epoch > 0:
-                    state.stopped_early = True
-                    self.model.stop_training = True
-            values["optimizer_iterations"] = float(
-                keras.ops.convert_to_numpy(self.model.optimizer.iterations)
-            )
-            values["learning_rate"] = float(
-                keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
-            )
-            state.history.setdefault("optimizer_iterations", []).append(
-                values["optimizer_iterations"]
-            )
-            state.history.setdefault("learning_rate", []).append(values["learning_rate"])
-            checkpointer.commit(self.model, state, improved=improved)
-            on_epoch(epoch, values)
+            checkpointer.commit(self.model, state, improved=state.improved)
 
-    return ResumableTraining()
+    return Checkpoint()
+
+
+def restore(checkpointer: Checkpointer, model: Any, experiment: str) -> ResumeState:
+    """The interrupted training to continue (weights loaded into ``model``), or a fresh state.
+
+    A checkpoint of other params, data or model code is dropped, and its unfinished MLflow run
+    is ended KILLED.
+    """
+    state, superseded_run = checkpointer.load()
+    if state is not None:
+        try:
+            checkpointer.restore_weights(model)
+        except (ValueError, OSError) as exc:  # the model code changed shape since the kill
+            log.warning(
+                "train: cannot resume from %s (%s); starting afresh", checkpointer.root, exc
+            )
+            checkpointer.discard()
+            superseded_run, state = state.run_id, None
+    if superseded_run is not None:
+        tracking.configure(experiment)
+        tracking.mark_killed(superseded_run, "interrupted; its params, data or model changed")
+    if state is None:
+        return ResumeState(key=checkpointer.key)
+    log.info("train: resuming after epoch %d (MLflow run %s)", state.epochs_done, state.run_id)
+    return state
+
+
+def log_missed_epochs(state: ResumeState, run_id: str) -> None:
+    """Log the restored epochs that a kill between checkpoint and log kept from ``run_id``."""
+    if not state.epochs_done:
+        return
+    logged = tracking.logged_steps(run_id, "loss")
+    for epoch in range(state.epochs_done):
+        if epoch not in logged:
+            tracking.log_metrics(state.epoch_values(epoch), step=epoch)

@@ -1,18 +1,33 @@
 """The one training loop, used by the train stage and by every sweep job.
 
-Early stopping, resume, per-epoch MLflow logging and Optuna pruning are callbacks on it.
+:func:`fit` runs Keras's ``model.fit`` under one fixed stack of callbacks, in this order:
+
+1. ``TerminateOnNaN``: stops at the first NaN batch instead of finishing a lost epoch;
+2. early stopping: records each epoch into a :class:`TrainingState` (history, best epoch,
+   patience counter; ``diverged`` on a NaN or infinite value) and stops after ``train.patience``
+   epochs without improvement on ``train.monitor``. Without validation (a refit) every epoch runs
+   and the last one is kept. The counters live in the state, not in the callback, so the train
+   stage can checkpoint them and a resumed fit carries on where the killed one stopped;
+3. the caller's ``checkpoint`` (the train stage's :func:`imgclf.resume.checkpoint_callback`;
+   sweep jobs have none: a killed trial is retried whole);
+4. per-epoch MLflow logging through :func:`imgclf.tracking.log_metrics` (Keras's own metric
+   names, ``optimizer_iterations`` and ``learning_rate``) into the active run, after the
+   checkpoint so that a kill never logs an epoch twice; the model summary once, at the start;
+5. the caller's ``callbacks``: Optuna pruning for a trial, or a fault a test injects.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from imgclf.config import Config
+from imgclf import tracking
+from imgclf.config import Config, TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -79,19 +94,13 @@ def kept_metrics(history: dict[str, list[float]], epoch_index: int) -> dict[str,
     return {f"train_{k}": history[k][epoch_index] for k in ("accuracy", "loss")}
 
 
-def best_epoch_index(history: dict[str, list[float]], monitor: str) -> int:
-    """Index of the best epoch by ``monitor`` (lowest val_loss or highest val_accuracy)."""
-    scores = np.array(history[monitor])
-    return int(np.argmin(scores) if monitor == "val_loss" else np.argmax(scores))
-
-
 def prepare(
     cfg: Config, arrays: dict[str, np.ndarray], n_classes: int
 ) -> tuple[Any, Any, Any | None]:
     """Set TensorFlow's threads, seed Keras, then build the pipelines and the compiled model.
 
-    The one setup shared by :func:`fit` (sweeps) and :func:`run` (the stage): seeding first
-    makes every call, every sweep trial included, start from the same random state. The
+    The one setup before :func:`fit`, shared by the train stage and the sweep jobs: seeding
+    first makes every call, every sweep trial included, start from the same random state. The
     threads take effect only before TensorFlow's first op in the process, so this comes first.
 
     Returns:
@@ -111,30 +120,160 @@ def prepare(
     return model, train_ds, val_ds
 
 
-def fit(
-    cfg: Config, arrays: dict[str, np.ndarray], n_classes: int, *, callbacks: Sequence[Any] = ()
-) -> tuple[Any, dict[str, list[float]]]:
-    """Build, compile and fit the model on the train split, validating every epoch on val.
+def is_better(monitor: str, current: float, best: float | None) -> bool:
+    """Keras EarlyStopping's rule: losses improve downwards, the rest upwards, strictly."""
+    if best is None:
+        return True
+    return current < best if "loss" in monitor else current > best
 
-    Used by the sweeps (:mod:`imgclf.sweep`), which inject their own ``callbacks`` (MLflow
-    and Optuna pruning); the train stage's :func:`run` adds crash-safe resume on top of the
-    same :func:`prepare`. Early stopping on ``train.monitor`` and NaN termination always apply.
+
+@dataclass
+class TrainingState:
+    """Where a fit stands after each epoch: what early stopping and a resume both need."""
+
+    epochs_done: int = 0
+    history: dict[str, list[float]] = field(default_factory=dict)
+    best_value: float | None = None
+    best_epoch: int = 0  # 1-based; 0 while no epoch has finished
+    wait: int = 0  # epochs since the best one, as Keras's EarlyStopping counts them
+    stopped_early: bool = False
+    diverged: bool = False
+
+    def finished(self, epochs: int) -> bool:
+        """Whether training already ran to its end (all epochs, or early stopping)."""
+        return self.stopped_early or self.epochs_done >= epochs
+
+    def record(
+        self, epoch: int, values: Mapping[str, float], *, monitor: str | None, patience: int
+    ) -> None:
+        """Add epoch ``epoch``'s (0-based) values; update the best epoch and the patience.
+
+        With ``monitor=None`` (no validation data) every epoch is the kept one. A NaN or
+        infinite value, or none at all, marks the fit ``diverged`` and records nothing.
+        """
+        if not values or not all(math.isfinite(v) for v in values.values()):
+            self.diverged = True
+            return
+        for k, v in values.items():
+            self.history.setdefault(k, []).append(v)
+        self.epochs_done = epoch + 1
+        if monitor is None:
+            self.best_epoch = epoch + 1
+        elif is_better(monitor, values[monitor], self.best_value):
+            self.best_value, self.best_epoch, self.wait = values[monitor], epoch + 1, 0
+        else:
+            self.wait += 1
+            if self.wait >= patience and epoch > 0:
+                self.stopped_early = True
+
+    @property
+    def improved(self) -> bool:
+        """Whether the last recorded epoch is the best so far (the one to keep)."""
+        return self.epochs_done > 0 and self.best_epoch == self.epochs_done
+
+    def epoch_values(self, epoch: int) -> dict[str, float]:
+        """Every recorded value of epoch ``epoch`` (0-based)."""
+        return {k: v[epoch] for k, v in self.history.items()}
+
+
+def _early_stopping(state: TrainingState, monitor: str | None, patience: int) -> Any:
+    import keras
+
+    class EarlyStopping(keras.callbacks.Callback):
+        """Records each epoch into ``state`` and stops on patience or divergence.
+
+        Keras's own EarlyStopping would reset its counters on a resumed ``fit``; these live in
+        ``state``, which the train stage checkpoints with the weights.
+        """
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            values = {k: float(v) for k, v in (logs or {}).items()}
+            if values:
+                optimizer = self.model.optimizer
+                values["optimizer_iterations"] = float(
+                    keras.ops.convert_to_numpy(optimizer.iterations)
+                )
+                values["learning_rate"] = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+            state.record(epoch, values, monitor=monitor, patience=patience)
+            if state.diverged or state.stopped_early:
+                self.model.stop_training = True
+
+    return EarlyStopping()
+
+
+def _epoch_logger(state: TrainingState) -> Any:
+    import keras
+
+    class EpochLogger(keras.callbacks.Callback):
+        """The model summary, then each recorded epoch, to the active MLflow run."""
+
+        def on_train_begin(self, logs: Mapping[str, Any] | None = None) -> None:
+            lines: list[str] = []
+            self.model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
+            tracking.log_text("\n".join(lines), "model_summary.txt")
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            if not state.diverged:  # a diverged epoch is never recorded, so never logged
+                tracking.log_metrics(state.epoch_values(epoch), step=epoch)
+
+    return EpochLogger()
+
+
+def fit(
+    model: Any,
+    train_ds: Any,
+    val_ds: Any | None,
+    cfg: TrainConfig,
+    *,
+    state: TrainingState | None = None,
+    checkpoint: Any | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainingState:
+    """The training loop: fit ``model`` (from :func:`prepare`) under the callbacks above.
+
+    Runs inside an active MLflow run, which receives each epoch's metrics.
+
+    Args:
+        val_ds: the validation pipeline; None (a refit) runs every epoch and keeps the last.
+        state: where to continue from (a resumed fit); a fresh state when None. It is updated
+            in place after each epoch and returned.
+        checkpoint: a Keras callback that persists ``state`` and the weights after each epoch,
+            before the epoch is logged (see :mod:`imgclf.resume`).
+        callbacks: more Keras callbacks, run after the epoch is recorded and logged: Optuna
+            pruning, or a test's injected fault. One that sets ``model.stop_training`` ends the
+            fit after that epoch.
 
     Returns:
-        The fitted model (weights of the last epoch) and the per-epoch history.
+        The state: history, ``best_epoch`` (1-based; load the checkpoint's best weights to keep
+        it, the model holds the last epoch's), ``epochs_done``, ``stopped_early``.
+
+    Raises:
+        FloatingPointError: the loss or a metric became NaN or infinite (nothing recorded for
+            that epoch; a checkpoint callback has dropped its checkpoints).
     """
     import keras
 
-    model, train_ds, val_ds = prepare(cfg, arrays, n_classes)
-    stopping = [
+    state = TrainingState() if state is None else state
+    if state.finished(cfg.epochs):
+        return state
+    monitor = None if val_ds is None else cfg.monitor
+    stack = [
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.EarlyStopping(monitor=cfg.train.monitor, patience=cfg.train.patience),
+        _early_stopping(state, monitor, cfg.patience),
+        *([checkpoint] if checkpoint is not None else []),
+        _epoch_logger(state),
+        *callbacks,
     ]
-    hist = model.fit(
+    model.fit(
         train_ds,
         validation_data=val_ds,
-        epochs=cfg.train.epochs,
-        callbacks=[*stopping, *callbacks],
+        epochs=cfg.epochs,
+        initial_epoch=state.epochs_done,
+        callbacks=stack,
         verbose=2,
     )
-    return model, {k: [float(v) for v in vals] for k, vals in hist.history.items()}
+    if state.diverged:
+        raise FloatingPointError(
+            f"training diverged (NaN loss) in epoch {state.epochs_done + 1}; nothing was saved"
+        )
+    return state

@@ -13,6 +13,7 @@ training metrics, and the MLflow run that evaluate and export report to).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from imgclf import resume, tracking
 from imgclf.artifacts import PreprocessOutputs, TrainOutputs
 from imgclf.config import Config, flatten
 from imgclf.lineage import lineage_tags
-from imgclf.training import kept_metrics, prepare, refit_arrays
+from imgclf.training import fit, kept_metrics, prepare, refit_arrays
 
 log = logging.getLogger(__name__)
 
@@ -38,52 +39,13 @@ class TrainResult:
     model_path: Path
 
 
-def _restore(ckpt: resume.Checkpointer, model: Any, experiment: str) -> resume.ResumeState:
-    """The interrupted training to continue (weights loaded into ``model``), or a fresh state."""
-    state, superseded_run = ckpt.load()
-    if state is not None:
-        try:
-            ckpt.restore_weights(model)
-        except (ValueError, OSError) as exc:  # the model code changed shape since the kill
-            log.warning("train: cannot resume from %s (%s); starting afresh", ckpt.root, exc)
-            ckpt.discard()
-            superseded_run, state = state.run_id, None
-    if superseded_run is not None:
-        tracking.configure(experiment)
-        tracking.mark_killed(superseded_run, "interrupted; its params, data or model changed")
-    if state is None:
-        return resume.ResumeState(key=ckpt.key)
-    log.info("train: resuming after epoch %d (MLflow run %s)", state.epochs_done, state.run_id)
-    return state
+def run(cfg: Config, *, in_dir: Path, out_dir: Path, callbacks: Sequence[Any] = ()) -> TrainResult:
+    """Train on ``in_dir``'s cached tensors and write the kept epoch's model into ``out_dir``.
 
-
-def _start_logging(
-    state: resume.ResumeState,
-    run_id: str,
-    params: dict[str, Any],
-    classes: list[str],
-    model: Any,
-) -> None:
-    """Params, tags and model summary; on a resume, also the epochs the kill kept from MLflow."""
-    if state.run_id is not None:
-        tracking.set_tags({"resumed_after_epoch": str(state.epochs_done)})
-    state.run_id = run_id
-    tracking.log_params(params)  # the same values again on a resume, which MLflow accepts
-    tracking.set_tags({"classes": ",".join(classes), "stage": "train"})
-    lines: list[str] = []
-    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line))
-    tracking.log_text("\n".join(lines), "model_summary.txt")
-    # Epochs are logged right after their checkpoint; a kill in between loses only the log.
-    logged = tracking.logged_steps(run_id, "loss") if state.epochs_done else set()
-    for epoch in range(state.epochs_done):
-        if epoch not in logged:
-            tracking.log_metrics({k: v[epoch] for k, v in state.history.items()}, step=epoch)
-
-
-def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
-    """Train on ``in_dir``'s cached tensors and write the best model into ``out_dir``."""
-    import keras
-
+    Args:
+        callbacks: extra Keras callbacks on the training loop, after the built-in ones
+            (:func:`imgclf.training.fit`); tests inject faults through it.
+    """
     pre, out = PreprocessOutputs(in_dir), TrainOutputs(out_dir)
     arrays = pre.load_dataset()
     classes = pre.read_classes()
@@ -100,38 +62,31 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
         resume.resume_key(params, [pre.dataset, pre.classes]),
     )
     with ckpt.locked():
-        state = _restore(ckpt, model, cfg.mlflow.experiment_name)
+        state = resume.restore(ckpt, model, cfg.mlflow.experiment_name)
         with tracking.start_run(
             cfg.mlflow.experiment_name, tags=lineage_tags(), run_id=state.run_id
         ) as run_id:
-            _start_logging(state, run_id, params, classes, model)
-            callbacks = [
-                keras.callbacks.TerminateOnNaN(),
-                resume.make_callback(
-                    ckpt,
-                    state,
-                    monitor=None if val_ds is None else cfg.train.monitor,
-                    patience=cfg.train.patience,
-                    on_epoch=lambda epoch, logs: tracking.log_metrics(logs, step=epoch),
-                ),
-            ]
-            if not state.finished(cfg.train.epochs):
-                model.fit(
-                    train_ds,
-                    validation_data=val_ds,
-                    epochs=cfg.train.epochs,
-                    initial_epoch=state.epochs_done,
-                    callbacks=callbacks,
-                    verbose=2,
-                )
-            best_path = ckpt.best_weights()
-            if state.diverged or state.epochs_done == 0 or best_path is None:
-                ckpt.discard()  # resuming a diverged run would only diverge again
-                raise FloatingPointError("training diverged (NaN loss); nothing was saved")
-            model.load_weights(best_path)
+            if state.run_id is not None:
+                tracking.set_tags({"resumed_after_epoch": str(state.epochs_done)})
+            state.run_id = run_id  # committed with the first checkpoint, before epoch 1
+            tracking.log_params(params)  # the same values again on a resume, which MLflow accepts
+            tracking.set_tags({"classes": ",".join(classes), "stage": "train"})
+            resume.log_missed_epochs(state, run_id)
+            checkpoint = resume.checkpoint_callback(ckpt, state)
+            fit(
+                model,
+                train_ds,
+                val_ds,
+                cfg.train,
+                state=state,
+                checkpoint=checkpoint,
+                callbacks=callbacks,
+            )
+            best_weights = ckpt.best_weights()
+            assert best_weights is not None  # committed with every epoch the loop recorded
+            model.load_weights(best_weights)
 
-            history = state.history
-            kept = kept_metrics(history, state.best_epoch - 1)
+            kept = kept_metrics(state.history, state.best_epoch - 1)
             summary: dict[str, Any] = {
                 "refit": cfg.train.refit,
                 "best_epoch": state.best_epoch,
@@ -144,23 +99,23 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path) -> TrainResult:
                 {"best_epoch": state.best_epoch, **{f"best_{k}": v for k, v in kept.items()}}
             )
             out.save_model(model)
-            out.write_history(history)
+            out.write_history(state.history)
             out.write_summary(summary)
             out.write_run(run_id, cfg.mlflow.experiment_name)
         # Only now, with every output written and the run FINISHED, is the checkpoint spent.
         ckpt.discard()
     log.info(
         "train: kept epoch %d of %d, trained on %d images; %s",
-        summary["best_epoch"],
-        summary["epochs_run"],
+        state.best_epoch,
+        state.epochs_done,
         summary["n_train"],
         ", ".join(f"{k} {v:.4f}" for k, v in kept.items()),
     )
     return TrainResult(
         run_id,
-        int(summary["best_epoch"]),
-        int(summary["epochs_run"]),
-        summary.get("val_accuracy"),
-        summary.get("val_loss"),
+        state.best_epoch,
+        state.epochs_done,
+        kept.get("val_accuracy"),
+        kept.get("val_loss"),
         out.model,
     )

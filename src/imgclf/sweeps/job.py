@@ -11,7 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from imgclf import tracking
 from imgclf.config import Config, ConfigError, flatten
 from imgclf.errors import MissingInputError
 from imgclf.lineage import project_root
+
+if TYPE_CHECKING:
+    from imgclf.training import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -157,18 +160,20 @@ def run_job(
     """
     import keras
 
-    from imgclf.training import best_epoch_index, fit
+    from imgclf.training import TrainingState, fit, kept_metrics, prepare
 
     killed_on: tuple[type[BaseException], ...] = ()
-    pruner_cb = None
+    pruner: Any = None
     if link is not None:
         import optuna
 
         from imgclf.sweeps.study import pruning_callback
 
         killed_on = (optuna.TrialPruned,)
-        pruner_cb = pruning_callback(link.trial, link.objective)
-    history: dict[str, list[float]] = {}
+        pruner = pruning_callback(link.trial, link.objective)
+    # No checkpoint: a killed trial is retried whole. Early stopping, the kept epoch and the
+    # per-epoch logging are the train stage's own (the loop's callbacks).
+    state = TrainingState()
     with tracking.start_child_run(
         cfg.mlflow.experiment_name,
         parent_run_id=parent_run_id,
@@ -179,25 +184,24 @@ def run_job(
         tracking.log_params(flatten(cfg, JOB_SECTIONS))
         if link is not None:
             link.trial.set_user_attr("mlflow_run_id", run_id)
-        callbacks = [tracking.keras_callback(), *([pruner_cb] if pruner_cb else [])]
         try:
-            model, history = fit(cfg, arrays, len(classes), callbacks=callbacks)
-            del model
+            model, train_ds, val_ds = prepare(cfg, arrays, len(classes))
+            extra = [pruner] if pruner is not None else []
+            fit(model, train_ds, val_ds, cfg.train, state=state, callbacks=extra)
+            del model, train_ds, val_ds
         finally:
             # Each trial builds a new graph; without this, TensorFlow keeps every old one.
             keras.backend.clear_session()
             gc.collect()
-            _record_trial_resources(link, history)
-        if any(np.isnan(v) for v in history.get("loss", [])):
-            raise FloatingPointError("training diverged (NaN loss)")
-        best = best_epoch_index(history, cfg.train.monitor)
+            _record_trial_resources(link, state)
+        kept = kept_metrics(state.history, state.best_epoch - 1)
         result = JobResult(
             run_id=run_id,
-            val_accuracy=history["val_accuracy"][best],
-            val_loss=history["val_loss"][best],
-            best_epoch=best + 1,
-            epochs_run=len(history["loss"]),
-            pruned=pruner_cb is not None and pruner_cb.pruned_at is not None,
+            val_accuracy=kept["val_accuracy"],
+            val_loss=kept["val_loss"],
+            best_epoch=state.best_epoch,
+            epochs_run=state.epochs_done,
+            pruned=pruner is not None and pruner.pruned_at is not None,
         )
         tracking.log_metrics(
             {
@@ -226,11 +230,11 @@ def run_job(
     return result
 
 
-def _record_trial_resources(link: TrialLink | None, history: dict[str, list[float]]) -> None:
+def _record_trial_resources(link: TrialLink | None, state: TrainingState) -> None:
     from imgclf.sweeps.study import rss_mb
 
     rss = rss_mb()
     log.info("memory after job: %.0f MiB resident", rss)
     if link is not None:
-        link.trial.set_user_attr("epochs_run", len(history.get("loss", [])))
+        link.trial.set_user_attr("epochs_run", state.epochs_done)
         link.trial.set_user_attr("rss_mb", round(rss, 1))

@@ -1,0 +1,95 @@
+"""The one training loop: the train stage and a sweep job train, stop and log alike."""
+
+from __future__ import annotations
+
+import numpy as np
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+
+from imgclf.artifacts import PreprocessOutputs
+from imgclf.stages import train
+from imgclf.sweeps.job import TrialLink, run_job
+from tests.conftest import TINY_CLASSES, draw_class_image, tiny_config
+
+EPOCHS = 8
+# Patience 1 on val_accuracy: the easy tiny classes reach a plateau within a few epochs, so both
+# fits stop early, and the stop and the kept epoch come from the same early stopping.
+CFG = tiny_config(
+    train={"epochs": EPOCHS, "patience": 1, "monitor": "val_accuracy", "threads": 1},
+    augment={"enabled": False},
+)
+KERAS_NAMES = {"loss", "accuracy", "val_loss", "val_accuracy"}
+PER_EPOCH = KERAS_NAMES | {"optimizer_iterations", "learning_rate"}  # and the loop's own two
+
+
+def _write_tensors(pre: PreprocessOutputs) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(5)
+    arrays = {}
+    for split, n in (("train", 36), ("val", 12), ("test", 3)):
+        y = np.arange(n) % len(TINY_CLASSES)
+        arrays[f"x_{split}"] = np.stack([draw_class_image(int(k), rng, 32, 48) for k in y])
+        arrays[f"y_{split}"] = y.astype(np.int64)
+    pre.root.mkdir(parents=True)
+    pre.save_dataset(arrays)
+    pre.write_classes(list(TINY_CLASSES))
+    return {k: v for k, v in arrays.items() if not k.endswith("_test")}
+
+
+@pytest.fixture(scope="module")
+def fits(tmp_path_factory):
+    """The same config trained once by the train stage and once as an Optuna trial's job."""
+    work = tmp_path_factory.mktemp("loop")
+    mp = pytest.MonkeyPatch()
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    mp.setenv("MLFLOW_TRACKING_URI", uri)
+    mp.chdir(work)
+    pre = PreprocessOutputs(work / "preprocess")
+    arrays = _write_tensors(pre)
+    stage = train.run(CFG, in_dir=pre.root, out_dir=work / "train")
+    study = optuna.create_study(direction="maximize")
+    link = TrialLink(trial=study.ask(), objective="val_accuracy", study_name="loop")
+    job = run_job(
+        CFG, arrays, list(TINY_CLASSES), parent_run_id=None, run_name="trial-0", tags={}, link=link
+    )
+    yield {"client": MlflowClient(uri), "stage": stage, "job": job, "study": study}
+    mp.undo()
+
+
+def _history(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    run = client.get_run(run_id)
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        for key in run.data.metrics
+    }
+
+
+def test_stage_and_sweep_job_train_stop_and_keep_alike(fits):
+    stage, job = fits["stage"], fits["job"]
+    assert 2 <= stage.epochs_run < EPOCHS, "early stopping must stop the fit"
+    assert (job.best_epoch, job.epochs_run) == (stage.best_epoch, stage.epochs_run)
+    assert (job.val_accuracy, job.val_loss) == (stage.val_accuracy, stage.val_loss)
+    stage_hist = _history(fits["client"], stage.run_id)
+    job_hist = _history(fits["client"], job.run_id)
+    for key in PER_EPOCH:
+        assert job_hist[key] == stage_hist[key], key  # the same numbers, epoch by epoch
+    # The kept epoch is the first best one, and patience epochs without improvement followed.
+    val_accuracy = [v for _, v in stage_hist["val_accuracy"]]
+    assert stage.best_epoch == int(np.argmax(val_accuracy)) + 1
+    assert stage.epochs_run == stage.best_epoch + CFG.train.patience
+
+
+def test_a_trial_run_logs_keras_names_per_epoch_and_no_validation_duplicates(fits):
+    client, job = fits["client"], fits["job"]
+    hist = _history(client, job.run_id)
+    assert not [key for key in hist if key.startswith("validation_")]
+    summary = {"best_epoch", "epochs_run", "best_val_accuracy", "best_val_loss"}
+    assert set(hist) == PER_EPOCH | summary
+    for key in PER_EPOCH:
+        assert [step for step, _ in hist[key]] == list(range(job.epochs_run)), key
+    assert {a.path for a in client.list_artifacts(job.run_id)} == {"model_summary.txt"}
+    # The stage's run logs the same per-epoch names through the same callback.
+    stage_hist = _history(client, fits["stage"].run_id)
+    assert set(stage_hist) >= PER_EPOCH and not [k for k in stage_hist if "validation_" in k]
+    # Pruning is a callback on the loop too: it reported every epoch's objective to the trial.
+    assert fits["study"].trials[0].intermediate_values == dict(hist["val_accuracy"])
