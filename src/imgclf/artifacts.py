@@ -163,7 +163,7 @@ class PreprocessOutputs(_ModelDescription, _Figures):
         write_csv(self.split, self.SPLIT_FIELDS, rows)
 
     def read_split(self, subset: str) -> list[dict[str, str]]:
-        """``split.csv``'s rows of one subset (path, class, leak, ...), in tensor order."""
+        """The split's rows of one subset (path, class, leak, ...), in tensor order."""
         with self.split.open(newline="", encoding="utf-8") as f:
             return [r for r in csv.DictReader(f) if r["subset"] == subset]
 
