@@ -279,7 +279,7 @@ def test_nan_loss_fails_the_run_and_writes_nothing(train_setup):
 
 
 def test_exception_fails_the_run(mlflow_store):
-    with pytest.raises(ValueError), tracking.start_run("tiny") as run_id:
+    with pytest.raises(ValueError), tracking.open_run("tiny", "run") as run_id:
         raise ValueError("boom")
     assert tracking.run_status(run_id) == "FAILED"
 
@@ -298,7 +298,7 @@ def test_run_of_a_dead_process_is_marked_killed_at_the_next_start(mlflow_store):
     elsewhere = client.create_run(
         exp_id, tags={tracking.HOST_TAG: "another-host", tracking.PID_TAG: str(dead.pid)}
     ).info.run_id
-    with tracking.start_run("tiny") as run_id:
+    with tracking.open_run("tiny", "run") as run_id:
         pass
     status = {r: tracking.run_status(r) for r in (stale, live, elsewhere, run_id)}
     assert status == {stale: "KILLED", live: "RUNNING", elsewhere: "RUNNING", run_id: "FINISHED"}
@@ -307,7 +307,7 @@ def test_run_of_a_dead_process_is_marked_killed_at_the_next_start(mlflow_store):
 CONCURRENT_WRITER = """
 import sys
 from imgclf import tracking
-with tracking.start_run("shared", run_name=f"writer-{sys.argv[1]}") as run_id:
+with tracking.open_run("shared", f"writer-{sys.argv[1]}") as run_id:
     tracking.log_params({f"p{i}": i for i in range(20)})
     for step in range(40):
         tracking.log_metrics({"a": step, "b": -step}, step=step)

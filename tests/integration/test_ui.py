@@ -28,7 +28,7 @@ def test_ui_serves_the_project_store(tmp_path, monkeypatch):
     monkeypatch.chdir(project)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("DVC_ROOT", raising=False)
-    with tracking.start_run("ui-test", run_name="visible-run") as run_id:
+    with tracking.open_run("ui-test", "visible-run") as run_id:
         tracking.log_metrics({"val_accuracy": 0.5}, step=0)
     assert (project / "mlruns" / "mlflow.db").is_file()
 
@@ -57,7 +57,7 @@ def test_ui_serves_the_project_store(tmp_path, monkeypatch):
             except OSError:
                 time.sleep(0.5)
         assert body is not None, "mlflow ui did not answer on 127.0.0.1"
-        assert body["run"]["info"]["run_name"] == "visible-run"
+        assert body["run"]["info"]["run_name"].startswith("visible-run-")
         assert body["run"]["data"]["metrics"][0]["key"] == "val_accuracy"
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

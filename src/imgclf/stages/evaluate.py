@@ -23,7 +23,6 @@ import numpy as np
 from imgclf import plots, tracking
 from imgclf.artifacts import EvaluateOutputs, PreprocessOutputs, TrainOutputs, write_predictions
 from imgclf.config import Config
-from imgclf.lineage import lineage_tags
 from imgclf.metrics import score, tracked_metrics
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) ->
         )
     plots.learning_curves(trained.read_history(), out.learning_curves_png)
 
-    with tracking.reopen_run(trained.read_run_id(), cfg.mlflow.experiment_name, lineage_tags()):
+    with tracking.open_run(cfg.mlflow.experiment_name, "evaluate", run_id=trained.read_run_id()):
         tracking.log_metrics(tracked_metrics(metrics))
         for path in out.files:
             tracking.log_artifact(path, "evaluate")

@@ -181,7 +181,7 @@ def _export(
     }
     if metrics.get("leakfree_accuracy") is not None:
         version_tags["test_leakfree_accuracy"] = f"{metrics['leakfree_accuracy']:.4f}"
-    with tracking.reopen_run(train_run_id, cfg.mlflow.experiment_name, tags) as run_id:
+    with tracking.open_run(cfg.mlflow.experiment_name, "export", run_id=train_run_id) as run_id:
         # Files first, version second: the version is created only once every file it
         # names is stored, with all its tags in the same call.
         source = tracking.log_model_with_files(

@@ -140,7 +140,7 @@ def _track(cfg: Config, v: Validation, out: IngestOutputs, files: list[Path]) ->
         "n_ignored": v.report["n_ignored"],
     }
     tags = {**lineage_tags(), "imgclf.stage": "ingest"}
-    with tracking.start_run(cfg.mlflow.experiment_name, run_name="ingest", tags=tags) as run_id:
+    with tracking.open_run(cfg.mlflow.experiment_name, "ingest", tags=tags) as run_id:
         tracking.log_params(flatten(cfg, ("data",)))
         tracking.log_metrics(metrics)
         for f in files:

@@ -21,7 +21,6 @@ from typing import Any
 from imgclf import resume, tracking
 from imgclf.artifacts import PreprocessOutputs, TrainOutputs
 from imgclf.config import Config, flatten
-from imgclf.lineage import lineage_tags
 from imgclf.training import fit, kept_metrics, prepare, refit_arrays
 
 log = logging.getLogger(__name__)
@@ -63,9 +62,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, callbacks: Sequence[Any] = 
     )
     with ckpt.locked():
         state = resume.restore(ckpt, model, cfg.mlflow.experiment_name)
-        with tracking.start_run(
-            cfg.mlflow.experiment_name, tags=lineage_tags(), run_id=state.run_id
-        ) as run_id:
+        with tracking.open_run(cfg.mlflow.experiment_name, "train", run_id=state.run_id) as run_id:
             if state.run_id is not None:
                 tracking.set_tags({"resumed_after_epoch": str(state.epochs_done)})
             state.run_id = run_id  # committed with the first checkpoint, before epoch 1

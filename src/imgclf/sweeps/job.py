@@ -174,10 +174,10 @@ def run_job(
     # No checkpoint: a killed trial is retried whole. Early stopping, the kept epoch and the
     # per-epoch logging are the train stage's own (the loop's callbacks).
     state = TrainingState()
-    with tracking.start_child_run(
+    with tracking.open_run(
         cfg.mlflow.experiment_name,
+        run_name,
         parent_run_id=parent_run_id,
-        run_name=run_name,
         tags=tags,
         killed_on=killed_on,
     ) as run_id:

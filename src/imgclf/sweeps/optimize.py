@@ -158,9 +158,9 @@ def _study_parent_run(study: Any, created: bool, experiment_name: str, url: str)
     while run_id is None and time.monotonic() < deadline:  # the creator is about to set it
         time.sleep(1.0)
         run_id = study.user_attrs.get(st.PARENT_ATTR)
-    parent = tracking.open_parent_run(
-        experiment_name, run_id=run_id, run_name=f"optuna {study.study_name}", tags=tags
-    )
+    parent = tracking.open_run(
+        experiment_name, f"optuna-{study.study_name}", run_id=run_id, tags=tags, active=False
+    ).run_id
     if parent != run_id:
         study.set_user_attr(st.PARENT_ATTR, parent)
     return parent

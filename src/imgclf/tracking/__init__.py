@@ -1,11 +1,24 @@
 """Tracking: the only package that imports mlflow.
 
-- :mod:`.store`: the store's URI, SQLite set-up for concurrent writers, the retry every write uses;
-- :mod:`.runs`: opening runs (with lineage, host/pid tags and a readable name), ending them
-  truthfully, logging to them;
+- :mod:`.store`: the store's URI, SQLite set-up for concurrent writers, the retry every store
+  call goes through;
+- :mod:`.runs`: :func:`open_run`, the one way to open a run (with lineage, host/pid tags and a
+  readable name), and how runs end, also those whose process was killed;
+- :mod:`.record`: logging params, metrics, tags and artifacts to runs, reading them back;
 - :mod:`.registry`: the model registry (versions, aliases, tags, files).
 """
 
+from imgclf.tracking.record import (
+    log_artifact,
+    log_artifacts_to,
+    log_metrics,
+    log_params,
+    log_text,
+    logged_steps,
+    run_status,
+    set_run_tags,
+    set_tags,
+)
 from imgclf.tracking.registry import (
     VersionInfo,
     delete_version,
@@ -20,28 +33,14 @@ from imgclf.tracking.registry import (
 from imgclf.tracking.runs import (
     ENDED_BY_TAG,
     HOST_TAG,
+    ORPHAN_TAG,
     PARENT_TAG,
     PID_TAG,
+    Run,
     end_dead_runs,
     end_run_by_id,
-    keras_callback,
-    log_artifact,
-    log_artifacts_to,
-    log_metric_to,
-    log_metrics,
-    log_params,
-    log_text,
-    logged_steps,
     mark_killed,
-    open_parent_run,
-    reopen_run,
-    resume_run,
-    run_exists,
-    run_status,
-    set_run_tags,
-    set_tags,
-    start_child_run,
-    start_run,
+    open_run,
 )
 from imgclf.tracking.store import (
     DB_NAME,
@@ -57,8 +56,10 @@ __all__ = [
     "DB_NAME",
     "ENDED_BY_TAG",
     "HOST_TAG",
+    "ORPHAN_TAG",
     "PARENT_TAG",
     "PID_TAG",
+    "Run",
     "VersionInfo",
     "configure",
     "default_tracking_uri",
@@ -67,30 +68,23 @@ __all__ = [
     "end_dead_runs",
     "end_run_by_id",
     "get_version",
-    "keras_callback",
     "list_versions",
     "log_artifact",
     "log_artifacts_to",
-    "log_metric_to",
     "log_metrics",
     "log_model_with_files",
     "log_params",
     "log_text",
     "logged_steps",
     "mark_killed",
-    "open_parent_run",
+    "open_run",
     "register_version",
-    "reopen_run",
-    "resume_run",
     "retrying",
-    "run_exists",
     "run_status",
     "set_alias",
     "set_run_tags",
     "set_tags",
     "set_version_tags",
-    "start_child_run",
-    "start_run",
     "store_dir",
     "tracking_uri",
     "ui_command",

@@ -11,7 +11,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from imgclf.tracking.store import tracking_uri
+from imgclf.tracking.store import retrying, tracking_uri
 
 
 @dataclass
@@ -59,7 +59,8 @@ def log_model_with_files(
     from mlflow.models import infer_signature
 
     signature = infer_signature(input_example, model.predict(input_example, verbose=0))
-    info = mlflow.tensorflow.log_model(
+    info = retrying(
+        mlflow.tensorflow.log_model,
         model,
         name="model",
         keras_model_kwargs={"save_format": "h5"},
@@ -74,8 +75,8 @@ def log_model_with_files(
             f"h5py=={_version('h5py')}",
         ],
     )
-    MlflowClient().log_model_artifacts(info.model_id, str(files_dir), "formats")
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, model_id=info.model_id)
+    retrying(MlflowClient().log_model_artifacts, info.model_id, str(files_dir), "formats")
+    retrying(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, model_id=info.model_id)
     return str(info.model_uri)
 
 
@@ -87,13 +88,15 @@ def _version(package: str) -> str:
 
 def register_version(name: str, source_uri: str, tags: Mapping[str, str]) -> str:
     """Create a version of ``name`` from ``source_uri`` with all its ``tags`` at once."""
-    mv = mlflow.register_model(source_uri, name, tags={k: str(v) for k, v in tags.items()})
+    mv = retrying(
+        mlflow.register_model, source_uri, name, tags={k: str(v) for k, v in tags.items()}
+    )
     return str(mv.version)
 
 
 def delete_version(name: str, version: str) -> None:
     """Delete a model version (used to undo a registration that could not complete)."""
-    MlflowClient().delete_model_version(name, version)
+    retrying(MlflowClient().delete_model_version, name, version)
 
 
 def get_version(name: str, version: str | None = None, alias: str | None = None) -> VersionInfo:
@@ -105,9 +108,9 @@ def get_version(name: str, version: str | None = None, alias: str | None = None)
     client = MlflowClient()
     try:
         if alias is not None:
-            mv = client.get_model_version_by_alias(name, alias)
+            mv = retrying(client.get_model_version_by_alias, name, alias)
         else:
-            mv = client.get_model_version(name, str(version))
+            mv = retrying(client.get_model_version, name, str(version))
     except MlflowException as exc:
         what = f"@{alias}" if alias is not None else f"version {version}"
         raise LookupError(f"model '{name}' has no {what} in {tracking_uri()}") from exc
@@ -117,10 +120,11 @@ def get_version(name: str, version: str | None = None, alias: str | None = None)
 def list_versions(name: str) -> list[VersionInfo]:
     """Every version of ``name``, oldest first (empty when the model does not exist)."""
     client = MlflowClient()
-    versions = [_version_info(mv) for mv in client.search_model_versions(f"name = '{name}'")]
+    found = retrying(client.search_model_versions, f"name = '{name}'")
+    versions = [_version_info(mv) for mv in found]
     if versions:
         # Search results leave aliases empty; the registered model knows them.
-        aliases: dict[str, str] = dict(client.get_registered_model(name).aliases or {})
+        aliases: dict[str, str] = dict(retrying(client.get_registered_model, name).aliases or {})
         for v in versions:
             v.aliases = sorted(a for a, ver in aliases.items() if str(ver) == v.version)
     return sorted(versions, key=lambda v: int(v.version))
@@ -128,20 +132,22 @@ def list_versions(name: str) -> list[VersionInfo]:
 
 def set_alias(name: str, alias: str, version: str) -> None:
     """Point ``alias`` at ``version`` (aliases only: registry stages are deprecated)."""
-    MlflowClient().set_registered_model_alias(name, alias, str(version))
+    retrying(MlflowClient().set_registered_model_alias, name, alias, str(version))
 
 
 def set_version_tags(name: str, version: str, tags: Mapping[str, str]) -> None:
     """Add or overwrite tags on a model version."""
     client = MlflowClient()
     for key, value in tags.items():
-        client.set_model_version_tag(name, str(version), key, str(value))
+        retrying(client.set_model_version_tag, name, str(version), key, str(value))
 
 
 def download_version_files(name: str, version: str, rel: str, dst: Path) -> Path:
     """Download ``formats/<rel>`` (a file or a folder) of a version into ``dst``."""
-    base = MlflowClient().get_model_version_download_uri(name, str(version)).rstrip("/")
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"{base}/formats/{rel}", dst_path=str(dst)
+    base = retrying(MlflowClient().get_model_version_download_uri, name, str(version))
+    local = retrying(
+        mlflow.artifacts.download_artifacts,
+        artifact_uri=f"{base.rstrip('/')}/formats/{rel}",
+        dst_path=str(dst),
     )
     return Path(local)

@@ -1,35 +1,251 @@
-"""MLflow runs: opening them, ending them truthfully, and logging to them.
+"""MLflow runs: the one way to open a run, and how runs end.
 
-Runs end truthfully: FINISHED, FAILED on an exception, KILLED on Ctrl-C or SIGTERM (the CLI turns
-SIGTERM into an exception). A SIGKILLed process cannot mark its run, so every run carries its
-host and pid, and starting a run marks this host's RUNNING runs whose process is gone KILLED.
+Every run the project creates goes through :func:`open_run`: the train stage's run (and its
+resume), the reopen of that run by evaluate and export, ingest's run, a sweep's parent run and
+its children (grid jobs, Optuna trials) and a lone ``imgclf-train`` job. Each run
+
+- gets a distinct readable name (``train-<DVC experiment name or random suffix>``);
+- carries its lineage and the host and pid of the process that holds it (re-tagged on a reopen);
+- ends truthfully: FINISHED, FAILED on an exception, KILLED on Ctrl-C or SIGTERM (the CLI turns
+  SIGTERM into :class:`KeyboardInterrupt`) or on an exception the caller names (a pruned trial).
+
+A SIGKILLed process cannot end its run, so opening a run first marks this host's RUNNING runs of
+the experiment whose process is gone KILLED (:func:`end_dead_runs`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import secrets
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
 
 import mlflow
-from mlflow.entities import RunStatus
+from mlflow.entities import Run as MlflowRun
+from mlflow.entities import RunStatus, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
-from imgclf.tracking.store import configure, is_lock_error, retrying, tracking_uri
+from imgclf.lineage import lineage_tags
+from imgclf.tracking.store import configure, retrying, tracking_uri
 
 log = logging.getLogger(__name__)
 
 PID_TAG = "imgclf.pid"
 HOST_TAG = "imgclf.host"
 ENDED_BY_TAG = "imgclf.ended_by"
+ORPHAN_TAG = "orphan_of"
+PARENT_TAG = "mlflow.parentRunId"
+RUNNING = RunStatus.to_string(RunStatus.RUNNING)
+
+
+@dataclass
+class Run:
+    """An open run. As a context manager it yields the run id and ends the run truthfully.
+
+    A run opened with ``active=False`` (a sweep's parent, whose lifetime no block spans) can
+    instead be ended by :meth:`end`, or by :func:`end_run_by_id` from whoever holds its id.
+    """
+
+    run_id: str
+    name: str
+    active: bool
+    killed_on: tuple[type[BaseException], ...] = ()
+    _ended: bool = field(default=False, repr=False)
+
+    def __enter__(self) -> str:
+        return self.run_id
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.end(exc)
+
+    def end(self, exc: BaseException | None = None) -> None:
+        """End the run with the status ``exc`` calls for (None: FINISHED); once only."""
+        if self._ended:
+            return
+        self._ended = True
+        status = _status_for(exc, self.killed_on)
+        # The status first, on its own: mlflow.end_run pops the fluent run before it writes, so
+        # a retry of a failed end_run would find no run and leave this one RUNNING.
+        end_run_by_id(self.run_id, status)
+        active = mlflow.active_run()
+        if self.active and active is not None and active.info.run_id == self.run_id:
+            retrying(mlflow.end_run, status)
+
+
+def _status_for(exc: BaseException | None, killed_on: tuple[type[BaseException], ...]) -> str:
+    if exc is None or (isinstance(exc, SystemExit) and exc.code in (0, None)):
+        status = RunStatus.FINISHED
+    elif isinstance(exc, (KeyboardInterrupt, *killed_on)):
+        status = RunStatus.KILLED  # stopped on purpose (Ctrl-C, SIGTERM, a pruned trial)
+    else:
+        status = RunStatus.FAILED
+    return RunStatus.to_string(status)
+
+
+def open_run(
+    experiment_name: str,
+    name: str,
+    *,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+    parent_run_id: str | None = None,
+    active: bool = True,
+    killed_on: tuple[type[BaseException], ...] = (),
+) -> Run:
+    """Open a run of ``experiment_name``: a new one, or ``run_id`` again if the store has it.
+
+    Use it as ``with open_run(...) as run_id:``; logging then goes to that run.
+
+    Args:
+        name: what the run is (``train``, ``trial-3-cnn``): a new run is named ``<name>-<DVC
+            experiment name>``, else ``<name>-<random suffix>``. A reopened run keeps its name.
+        tags: set on the run besides the lineage, host and pid tags.
+        run_id: reopen this run (a resumed training, train's run for evaluate and export, a
+            study's parent). If the store lost it (a wiped ``mlruns/``), a new run is opened,
+            tagged ``orphan_of``.
+        parent_run_id: open the run as a child of this one (a sweep's job or trial).
+        active: make it MLflow's active run, which the logging functions write to. A sweep's
+            parent is not: its jobs are active runs of their own, and several processes add
+            trials to one study's parent.
+        killed_on: exceptions that end the run KILLED rather than FAILED (``optuna.TrialPruned``).
+    """
+    exp_id = configure(experiment_name)
+    assert exp_id is not None
+    client = MlflowClient()
+    if parent_run_id:
+        # Before reaping: a parent another process left behind is alive again while we add to it.
+        _hold(client, parent_run_id)
+    end_dead_runs(exp_id, keep=run_id)
+    old = _find_run(client, run_id) if run_id else None
+    extra = dict(tags or {})
+    if old is not None:
+        lineage = {k: v for k, v in lineage_tags().items() if k not in old.data.tags}
+        _reopen(client, old, {**lineage, **extra, **_holder_tags()}, active)
+        return Run(old.info.run_id, old.info.run_name, active, killed_on)
+    if run_id:
+        log.warning("MLflow run %s not found in %s; logging to a new run", run_id, tracking_uri())
+        extra[ORPHAN_TAG] = run_id
+    all_tags = {**_source_tags(), **lineage_tags(), **extra, **_holder_tags()}
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run_name = _new_name(name)
+    if active:
+        new = retrying(mlflow.start_run, experiment_id=exp_id, run_name=run_name, tags=all_tags)
+        new_id = new.info.run_id
+    else:
+        new_id = retrying(client.create_run, exp_id, run_name=run_name, tags=all_tags).info.run_id
+    return Run(str(new_id), run_name, active, killed_on)
+
+
+def _new_name(base: str) -> str:
+    # From `secrets`, not `random`: keras.utils.set_random_seed seeds `random`, and MLflow's own
+    # names drawn from it after the seed were the same for every run.
+    return f"{base}-{os.environ.get('DVC_EXP_NAME') or secrets.token_hex(3)}"
+
+
+def _holder_tags() -> dict[str, str]:
+    """Who holds the run, so a later open can tell a live run from one whose process died."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
+def _reopen(client: MlflowClient, old: MlflowRun, tags: dict[str, str], active: bool) -> None:
+    run_id = old.info.run_id
+    if active:
+        retrying(mlflow.start_run, run_id=run_id, tags=tags)
+    else:
+        retrying(client.update_run, run_id, status=RUNNING)
+        _set_tags(client, run_id, tags)
+    if ENDED_BY_TAG in old.data.tags:  # it is running again: the old end no longer applies
+        retrying(client.delete_tag, run_id, ENDED_BY_TAG)
+
+
+def _hold(client: MlflowClient, run_id: str) -> None:
+    """Tag ``run_id`` as held by this process, and make it RUNNING again if it was ended."""
+    run = _find_run(client, run_id)
+    if run is None:
+        return
+    holder = _holder_tags()
+    if any(run.data.tags.get(k) != v for k, v in holder.items()):
+        _set_tags(client, run_id, holder)
+    if run.info.status != RUNNING:
+        retrying(client.update_run, run_id, status=RUNNING)
+
+
+def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    retrying(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def _find_run(client: MlflowClient, run_id: str) -> MlflowRun | None:
+    try:
+        return retrying(client.get_run, run_id)
+    except MlflowException:
+        return None
+
+
+def end_run_by_id(run_id: str, status: str = "FINISHED") -> None:
+    """End a run by id (a sweep's parent, a dead trial's run) with ``status``."""
+    retrying(MlflowClient().set_terminated, run_id, status=status)
+
+
+def end_dead_runs(experiment_id: str, keep: str | None = None) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process no longer exists.
+
+    Runs from other hosts (a shared tracking server) are left alone: their pids mean nothing
+    here. ``keep`` is a run about to be reopened.
+
+    Returns:
+        The ids of the runs marked.
+    """
+    client = MlflowClient()
+    host = socket.gethostname()
+    running = retrying(
+        client.search_runs,
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=1000,
+    )
+    ended = []
+    for r in running:
+        pid = r.data.tags.get(PID_TAG, "")
+        if r.info.run_id == keep or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        mark_killed(r.info.run_id, reason=f"process {pid} on {host} died")
+        ended.append(r.info.run_id)
+    return ended
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
+
+
+def mark_killed(run_id: str, reason: str) -> None:
+    """End a run that its own process can no longer end (SIGKILL, out-of-memory, power)."""
+    client = MlflowClient()
+    run = _find_run(client, run_id)
+    if run is None or run.info.status != RUNNING:
+        return
+    log.warning("MLflow run %s was left RUNNING (%s); marking it KILLED", run_id, reason)
+    _set_tags(client, run_id, {ENDED_BY_TAG: reason})
+    end_run_by_id(run_id, RunStatus.to_string(RunStatus.KILLED))
 
 
 def _source_tags() -> dict[str, str]:
@@ -63,264 +279,3 @@ def _git_remote_url() -> str | None:
     if "://" not in url and ":" in url and not url.startswith(("/", ".", "~")):
         return url.split("@")[-1]  # scp-like git@host:org/repo.git: the user is no secret
     return ""
-
-
-@contextlib.contextmanager
-def start_run(
-    experiment_name: str,
-    *,
-    run_name: str | None = None,
-    tags: Mapping[str, str] | None = None,
-    run_id: str | None = None,
-) -> Iterator[str]:
-    """Start a run and yield its id; the run ends FAILED on an exception, KILLED on Ctrl-C.
-
-    With ``run_id`` of a run that still exists (an interrupted training being resumed), that
-    run is reopened instead, so its per-epoch metrics continue without a gap.
-    """
-    exp_id = configure(experiment_name)
-    assert exp_id is not None
-    end_dead_runs(exp_id, keep=run_id)
-    tags = {**_source_tags(), **(tags or {})}
-    if run_id is not None and run_exists(run_id):
-        active = retrying(mlflow.start_run, run_id=run_id)
-        retrying(mlflow.set_tags, dict(tags or {}))
-    else:
-        active = retrying(mlflow.start_run, run_name=run_name, tags=dict(tags or {}))
-    with _ending_truthfully(active) as run:
-        yield run.info.run_id
-
-
-@contextlib.contextmanager
-def resume_run(run_id: str, experiment_name: str) -> Iterator[str]:
-    """Reopen the run that ``train`` created, so every stage reports to the same run."""
-    configure(experiment_name)
-    with _ending_truthfully(retrying(mlflow.start_run, run_id=run_id)) as run:
-        yield run.info.run_id
-
-
-@contextlib.contextmanager
-def _ending_truthfully(active: Any) -> Iterator[Any]:
-    run = active.__enter__()
-    try:
-        # Who holds the run, so a later start can tell a live run from one whose process died.
-        retrying(mlflow.set_tags, {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())})
-        yield run
-    except KeyboardInterrupt:  # Ctrl-C, and SIGTERM (see cli)
-        _end_active_run(RunStatus.KILLED)
-        raise
-    except BaseException:
-        _end_active_run(RunStatus.FAILED)
-        raise
-    else:
-        _end_active_run(RunStatus.FINISHED)
-
-
-def _end_active_run(status: int) -> None:
-    run = mlflow.active_run()
-    try:
-        mlflow.end_run(RunStatus.to_string(status))
-    except MlflowException as exc:
-        # end_run has already popped the run; set its status directly until the store answers.
-        if run is None or not is_lock_error(exc):
-            raise
-        retrying(MlflowClient().set_terminated, run.info.run_id, RunStatus.to_string(status))
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by someone else
-        return True
-    return True
-
-
-def end_dead_runs(experiment_id: str, keep: str | None = None) -> list[str]:
-    """Mark KILLED the RUNNING runs of this host whose process no longer exists.
-
-    Runs from other hosts (a shared tracking server) are left alone: their pids mean nothing
-    here. ``keep`` is a run about to be resumed.
-
-    Returns:
-        The ids of the runs marked.
-    """
-    client = MlflowClient()
-    host = socket.gethostname()
-    running = retrying(
-        client.search_runs,
-        [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
-        max_results=1000,
-    )
-    ended = []
-    for r in running:
-        pid = r.data.tags.get(PID_TAG, "")
-        if r.info.run_id == keep or not pid.isdigit() or _pid_alive(int(pid)):
-            continue
-        mark_killed(r.info.run_id, reason=f"process {pid} on {host} died")
-        ended.append(r.info.run_id)
-    return ended
-
-
-def mark_killed(run_id: str, reason: str) -> None:
-    """End a run that its own process can no longer end (SIGKILL, out-of-memory, power)."""
-    client = MlflowClient()
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        return
-    if run.info.status != "RUNNING":
-        return
-    log.warning("MLflow run %s was left RUNNING (%s); marking it KILLED", run_id, reason)
-    retrying(client.set_tag, run_id, ENDED_BY_TAG, reason)
-    retrying(client.set_terminated, run_id, RunStatus.to_string(RunStatus.KILLED))
-
-
-def run_status(run_id: str) -> str:
-    """The status of a run (RUNNING, FINISHED, FAILED, KILLED)."""
-    return str(retrying(MlflowClient().get_run, run_id).info.status)
-
-
-def logged_steps(run_id: str, key: str) -> set[int]:
-    """The steps at which ``key`` has been logged in ``run_id``."""
-    history = retrying(MlflowClient().get_metric_history, run_id, key)
-    return {int(m.step) for m in history}
-
-
-@contextlib.contextmanager
-def reopen_run(run_id: str, experiment_name: str, tags: Mapping[str, str]) -> Iterator[str]:
-    """Reopen train's run; if the store lost it (a wiped ``mlruns/``), use a new tagged run."""
-    configure(experiment_name)
-    if run_exists(run_id):
-        with resume_run(run_id, experiment_name) as rid:
-            yield rid
-        return
-    log.warning("MLflow run %s not found in %s; logging to a new run", run_id, tracking_uri())
-    with start_run(experiment_name, tags={**tags, "orphan_of": run_id}) as rid:
-        yield rid
-
-
-def run_exists(run_id: str) -> bool:
-    """Whether ``run_id`` exists in the configured store."""
-    try:
-        MlflowClient().get_run(run_id)
-    except MlflowException:
-        return False
-    return True
-
-
-def log_params(params: Mapping[str, Any]) -> None:
-    """Log params (values stringified by MLflow)."""
-    retrying(mlflow.log_params, dict(params))
-
-
-def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
-    """Log numeric metrics."""
-    retrying(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
-
-
-def log_artifact(path: Path, artifact_path: str | None = None) -> None:
-    """Log one file or folder to the active run."""
-    if path.is_dir():
-        mlflow.log_artifacts(str(path), artifact_path)
-    else:
-        mlflow.log_artifact(str(path), artifact_path)
-
-
-def set_tags(tags: Mapping[str, str]) -> None:
-    """Tag the active run."""
-    retrying(mlflow.set_tags, dict(tags))
-
-
-def log_text(text: str, artifact_file: str) -> None:
-    """Write ``text`` as an artifact file of the active run."""
-    mlflow.log_text(text, artifact_file)
-
-
-def keras_callback() -> Any:
-    """MLflow's Keras callback: per-epoch loss/accuracy/val_* metrics and the model summary."""
-    from mlflow.keras import MlflowCallback
-
-    return MlflowCallback(log_every_epoch=True)
-
-
-# --- Sweeps: a parent run per sweep, one child run per job ------------------------------------
-# The parent is handled through the client, never as the fluent "active" run, so the children
-# can be active runs of their own and several processes can add children to the same parent.
-
-PARENT_TAG = "mlflow.parentRunId"
-
-
-@contextlib.contextmanager
-def start_child_run(
-    experiment_name: str,
-    *,
-    parent_run_id: str | None,
-    run_name: str | None = None,
-    tags: Mapping[str, str] | None = None,
-    killed_on: tuple[type[BaseException], ...] = (),
-) -> Iterator[str]:
-    """Start a run under ``parent_run_id`` (a plain run when None) and yield its id.
-
-    It ends KILLED on Ctrl-C or on one of ``killed_on`` (a pruned trial: stopped on purpose,
-    not broken), FAILED on any other exception, FINISHED otherwise.
-    """
-    configure(experiment_name)
-    all_tags = dict(tags or {})
-    if parent_run_id:
-        all_tags[PARENT_TAG] = parent_run_id
-    run = mlflow.start_run(run_name=run_name, tags=all_tags)
-    try:
-        yield run.info.run_id
-    except BaseException as exc:
-        stopped = isinstance(exc, (KeyboardInterrupt, *killed_on))
-        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED if stopped else RunStatus.FAILED))
-        raise
-    else:
-        mlflow.end_run(RunStatus.to_string(RunStatus.FINISHED))
-
-
-def open_parent_run(
-    experiment_name: str,
-    *,
-    run_id: str | None = None,
-    run_name: str | None = None,
-    tags: Mapping[str, str] | None = None,
-) -> str:
-    """Reopen ``run_id`` (status RUNNING again) if it exists in the store, else create a run.
-
-    Returns:
-        The parent run's id.
-    """
-    exp_id = configure(experiment_name)
-    client = MlflowClient()
-    if run_id and run_exists(run_id):
-        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        return run_id
-    assert exp_id is not None
-    run = client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
-    return str(run.info.run_id)
-
-
-def end_run_by_id(run_id: str, status: str = "FINISHED") -> None:
-    """Terminate a run that is not the active one (a sweep's parent, an orphaned child)."""
-    MlflowClient().set_terminated(run_id, status=status)
-
-
-def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
-    """Tag a run that is not the active one."""
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, str(value))
-
-
-def log_metric_to(run_id: str, key: str, value: float, step: int | None = None) -> None:
-    """Log one metric to a run that is not the active one."""
-    MlflowClient().log_metric(run_id, key, float(value), step=step or 0)
-
-
-def log_artifacts_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
-    """Log a folder's files to a run that is not the active one."""
-    MlflowClient().log_artifacts(run_id, str(path), artifact_path)

@@ -70,7 +70,9 @@ def configure(experiment_name: str | None = None) -> str | None:
         if uri == default_tracking_uri():
             artifact_location = (store_dir() / "artifacts").as_uri()
         try:
-            exp_id = client.create_experiment(experiment_name, artifact_location=artifact_location)
+            exp_id = retrying(
+                client.create_experiment, experiment_name, artifact_location=artifact_location
+            )
         except MlflowException:  # created concurrently by another process
             exp = retrying(client.get_experiment_by_name, experiment_name)
             assert exp is not None

@@ -1,0 +1,68 @@
+"""Logging to runs and reading them back: params, metrics, tags, artifacts.
+
+The plain functions write to MLflow's active run (the one :func:`imgclf.tracking.open_run`
+opened); the ``*_to`` / ``*_by_id`` ones to a run given by id (a sweep's parent). Every store
+call goes through :func:`imgclf.tracking.store.retrying`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import RunTag
+from mlflow.tracking import MlflowClient
+
+from imgclf.tracking.store import retrying
+
+
+def log_params(params: Mapping[str, Any]) -> None:
+    """Log params to the active run (values stringified by MLflow)."""
+    retrying(mlflow.log_params, dict(params))
+
+
+def log_metrics(metrics: Mapping[str, float], step: int | None = None) -> None:
+    """Log numeric metrics to the active run, at ``step`` (an epoch) if given."""
+    retrying(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def set_tags(tags: Mapping[str, str]) -> None:
+    """Tag the active run."""
+    retrying(mlflow.set_tags, dict(tags))
+
+
+def log_artifact(path: Path, artifact_path: str | None = None) -> None:
+    """Log one file or folder to the active run."""
+    if path.is_dir():
+        retrying(mlflow.log_artifacts, str(path), artifact_path)
+    else:
+        retrying(mlflow.log_artifact, str(path), artifact_path)
+
+
+def log_text(text: str, artifact_file: str) -> None:
+    """Write ``text`` as an artifact file of the active run."""
+    retrying(mlflow.log_text, text, artifact_file)
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    """Tag a run that is not the active one."""
+    tag_list = [RunTag(k, str(v)) for k, v in tags.items()]
+    retrying(MlflowClient().log_batch, run_id, tags=tag_list)
+
+
+def log_artifacts_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
+    """Log a folder's files to a run that is not the active one."""
+    retrying(MlflowClient().log_artifacts, run_id, str(path), artifact_path)
+
+
+def run_status(run_id: str) -> str:
+    """The status of a run (RUNNING, FINISHED, FAILED, KILLED)."""
+    return str(retrying(MlflowClient().get_run, run_id).info.status)
+
+
+def logged_steps(run_id: str, key: str) -> set[int]:
+    """The steps at which ``key`` has been logged in ``run_id``."""
+    history = retrying(MlflowClient().get_metric_history, run_id, key)
+    return {int(m.step) for m in history}
