@@ -140,19 +140,26 @@ def test_opening_a_run_ends_the_runs_of_dead_processes_and_revives_a_held_parent
     elsewhere = client.create_run(
         exp_id, tags={tracking.HOST_TAG: "another-host", tracking.PID_TAG: str(dead)}
     ).info.run_id
-    # A study's parent whose last holder died: the process adding a trial holds it now.
+    # Study parents whose last holder died (one already reaped by a run of another process):
+    # the process adding a trial to a study holds its parent now.
     parent = client.create_run(exp_id, tags=_held_by(dead)).info.run_id
-    with tracking.open_run(exp, "trial-0-s", parent_run_id=parent) as child:
-        pass
-    status = {r: tracking.run_status(r) for r in (stale, live, elsewhere, parent, child)}
+    reaped = client.create_run(exp_id, tags=_held_by(dead)).info.run_id
+    tracking.mark_killed(reaped, "process died")
+    for n, p in enumerate((parent, reaped)):
+        with tracking.open_run(exp, f"trial-{n}-s", parent_run_id=p) as child:
+            pass
+    status = {r: tracking.run_status(r) for r in (stale, live, elsewhere, parent, reaped, child)}
     assert status == {
         stale: "KILLED",
         live: "RUNNING",
         elsewhere: "RUNNING",
         parent: "RUNNING",
+        reaped: "RUNNING",
         child: "FINISHED",
     }
-    assert client.get_run(parent).data.tags["imgclf.pid"] == str(os.getpid())
+    for p in (parent, reaped):
+        tags = client.get_run(p).data.tags
+        assert tags["imgclf.pid"] == str(os.getpid()) and tracking.ENDED_BY_TAG not in tags
     assert client.get_run(stale).data.tags["imgclf.ended_by"] == (
         f"process {dead} on {socket.gethostname()} died"
     )

@@ -33,6 +33,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
+from imgclf import interrupts
 from imgclf.lineage import lineage_tags
 from imgclf.tracking.store import configure, retrying, tracking_uri
 
@@ -77,12 +78,13 @@ class Run:
             return
         self._ended = True
         status = _status_for(exc, self.killed_on)
-        # The status first, on its own: mlflow.end_run pops the fluent run before it writes, so
-        # a retry of a failed end_run would find no run and leave this one RUNNING.
-        end_run_by_id(self.run_id, status)
-        active = mlflow.active_run()
-        if self.active and active is not None and active.info.run_id == self.run_id:
-            retrying(mlflow.end_run, status)
+        with interrupts.shielded():  # a SIGTERM now waits until the run is ended and popped
+            # The status first, on its own: mlflow.end_run pops the fluent run before it writes,
+            # so a retry of a failed end_run would find no run and leave this one RUNNING.
+            end_run_by_id(self.run_id, status)
+            active = mlflow.active_run()
+            if self.active and active is not None and active.info.run_id == self.run_id:
+                retrying(mlflow.end_run, status)
 
 
 def _status_for(exc: BaseException | None, killed_on: tuple[type[BaseException], ...]) -> str:
@@ -162,14 +164,11 @@ def _holder_tags() -> dict[str, str]:
 
 
 def _reopen(client: MlflowClient, old: MlflowRun, tags: dict[str, str], active: bool) -> None:
-    run_id = old.info.run_id
     if active:
-        retrying(mlflow.start_run, run_id=run_id, tags=tags)
+        retrying(mlflow.start_run, run_id=old.info.run_id, tags=tags)
     else:
-        retrying(client.update_run, run_id, status=RUNNING)
-        _set_tags(client, run_id, tags)
-    if ENDED_BY_TAG in old.data.tags:  # it is running again: the old end no longer applies
-        retrying(client.delete_tag, run_id, ENDED_BY_TAG)
+        _set_tags(client, old.info.run_id, tags)
+    _revive(client, old)
 
 
 def _hold(client: MlflowClient, run_id: str) -> None:
@@ -180,8 +179,15 @@ def _hold(client: MlflowClient, run_id: str) -> None:
     holder = _holder_tags()
     if any(run.data.tags.get(k) != v for k, v in holder.items()):
         _set_tags(client, run_id, holder)
+    _revive(client, run)
+
+
+def _revive(client: MlflowClient, run: MlflowRun) -> None:
+    """Make ``run`` (as read before it was reopened) RUNNING; how it ended no longer applies."""
     if run.info.status != RUNNING:
-        retrying(client.update_run, run_id, status=RUNNING)
+        retrying(client.update_run, run.info.run_id, status=RUNNING)
+    if ENDED_BY_TAG in run.data.tags:
+        retrying(client.delete_tag, run.info.run_id, ENDED_BY_TAG)
 
 
 def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
