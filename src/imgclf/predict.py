@@ -1,4 +1,11 @@
-"""predict: classify image files with a registered version or an exported file, any format."""
+"""predict: classify image files with a registered version or an exported file, any format.
+
+An image too small to classify, or one the model is unsure of, is answered ``uncertain``
+(:class:`imgclf.answers.ConfidenceRule`) rather than with a confident label; a file that cannot
+be read or decoded gets an error entry and the rest go on (:func:`predict_files`).
+:func:`imgclf.answers.write_results` writes them as text, JSON, JSON lines or CSV, safely for any
+file name.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +15,19 @@ from pathlib import Path
 
 import numpy as np
 
+from imgclf.answers import ConfidenceRule, Prediction
 from imgclf.artifacts import FORMAT_FILES, ExportOutputs, ModelFolder
 from imgclf.dataset import is_hidden
 from imgclf.errors import ImgclfError, MissingInputError
-from imgclf.images import ImageRejected, load_resized
+from imgclf.images import (
+    DEFAULT_MAX_PIXELS,
+    UNREADABLE,
+    ImageRejected,
+    Probe,
+    decode_resized,
+    draft_size,
+    probe_bytes,
+)
 from imgclf.predictors import SUFFIX_FORMATS, Predictor
 
 log = logging.getLogger(__name__)
@@ -65,15 +81,6 @@ class LoadedModel:
     source: str
     format: str
     fit: str = "stretch"  # data.fit the model was trained with (imgclf.images.fit_aspect)
-
-
-@dataclass
-class Prediction:
-    path: str
-    label: str | None
-    probability: float | None
-    probabilities: dict[str, float] | None = None
-    error: str | None = None
 
 
 def load_model(spec: str, fmt: str | None = None) -> LoadedModel:
@@ -190,24 +197,42 @@ def _load_registered(uri: str, fmt: str | None) -> LoadedModel:
 
 def predict_arrays(loaded: LoadedModel, images: np.ndarray) -> list[Prediction]:
     """Predict a batch of decoded, resized uint8 images (no paths: the HTTP server's case)."""
-    probs = loaded.predictor.predict(images)
+    return to_predictions(loaded.classes, loaded.predictor.predict(images))
+
+
+def to_predictions(classes: list[str], probs: np.ndarray) -> list[Prediction]:
+    """One :class:`Prediction` (no path yet) per row of class probabilities."""
     out = []
     for p in probs:
         k = int(np.argmax(p))
         out.append(
             Prediction(
-                "",
-                loaded.classes[k],
-                float(p[k]),
-                {c: float(v) for c, v in zip(loaded.classes, p, strict=True)},
+                "", classes[k], float(p[k]), {c: float(v) for c, v in zip(classes, p, strict=True)}
             )
         )
     return out
 
 
+def prepare(loaded: LoadedModel, probe: Probe) -> np.ndarray:
+    """A probed image as the model's input tensor, prepared as training prepared its images."""
+    return decode_resized(probe, loaded.height, loaded.width, loaded.fit)
+
+
+def probe_for(loaded: LoadedModel, data: bytes, source: str, max_pixels: int) -> Probe:
+    """Read an image's header with the model's JPEG draft size set (nothing decoded yet)."""
+    hint = draft_size(loaded.height, loaded.width)
+    return probe_bytes(data, source, max_pixels=max_pixels, draft_size=hint)
+
+
 def collect_images(paths: list[str]) -> list[Path]:
-    """Expand files and folders (recursively, skipping hidden entries), keeping order."""
+    """Expand folders (recursively, skipping hidden entries), keeping order; a path that does
+    not exist stays in the list, for :func:`predict_files` to report.
+
+    Raises:
+        MissingInputError: none of the paths exists.
+    """
     files: list[Path] = []
+    missing = []
     for p in map(Path, paths):
         if p.is_dir():
             files += sorted(
@@ -215,28 +240,47 @@ def collect_images(paths: list[str]) -> list[Path]:
                 for f in p.rglob("*")
                 if f.is_file() and not any(is_hidden(part) for part in f.relative_to(p).parts)
             )
-        elif p.is_file():
-            files.append(p)
         else:
-            raise MissingInputError(f"{p}: no such file or folder")
+            files.append(p)
+            if not p.is_file():
+                missing.append(p)
+    if missing and len(missing) == len(files):
+        raise MissingInputError(f"{missing[0]}: no such file or folder")
     return files
 
 
-def predict_files(loaded: LoadedModel, files: list[Path], batch_size: int = 32) -> list[Prediction]:
-    """Predict each file; a file that cannot be decoded gets an error entry, never dropped."""
+def predict_files(
+    loaded: LoadedModel,
+    files: list[Path],
+    batch_size: int = 32,
+    rule: ConfidenceRule | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> list[Prediction]:
+    """Predict each file in order; a file that cannot be read or decoded gets an error entry
+    (its reason code and detail) and the others go on."""
+    rule = rule or ConfidenceRule()
     results: list[Prediction | None] = [None] * len(files)
-    images, positions = [], []
+    images, positions, sides = [], [], []
     for i, f in enumerate(files):
         try:
-            images.append(load_resized(f, loaded.height, loaded.width, loaded.fit))
+            probe = probe_for(loaded, _read(f), str(f), max_pixels)
+            images.append(prepare(loaded, probe))
             positions.append(i)
+            sides.append(min(probe.width, probe.height))
         except ImageRejected as exc:
             results[i] = Prediction(str(f), None, None, error=f"{exc.reason}: {exc.detail}")
     for start in range(0, len(images), batch_size):
         chunk = np.stack(images[start : start + batch_size])
-        for i, pred in zip(
-            positions[start : start + batch_size], predict_arrays(loaded, chunk), strict=True
-        ):
+        span = slice(start, start + batch_size)
+        preds = predict_arrays(loaded, chunk)
+        for i, side, pred in zip(positions[span], sides[span], preds, strict=True):
             pred.path = str(files[i])
-            results[i] = pred
+            results[i] = rule.judge(pred, side, (loaded.height, loaded.width))
     return [r for r in results if r is not None]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ImageRejected(path, UNREADABLE, exc.strerror or str(exc)) from exc

@@ -46,27 +46,33 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
+    from imgclf.answers import OUTPUTS
+
     p.add_argument("paths", nargs="+", help="image files or folders")
     add_model(p)
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--json", action="store_true", help="print JSON (same as --output json)")
+    p.add_argument(
+        "--output",
+        choices=OUTPUTS,
+        default="text",
+        help="text (tab-separated, names escaped), json, jsonl (one object a line) or csv",
+    )
+    add_confidence(p)
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from imgclf.answers import ConfidenceRule, write_results
     from imgclf.predict import collect_images, default_model_uri, load_model, predict_files
 
     files = collect_images(args.paths)
     if not files:
         raise MissingInputError(f"no image files in {' '.join(args.paths)}")
     loaded = load_model(args.model or default_model_uri(), args.format)
-    results = predict_files(loaded, files)
-    if args.json:
-        print(json.dumps([r.__dict__ for r in results], indent=2))
-    else:
-        for r in results:
-            if r.error:
-                print(f"{r.path}\tERROR\t{r.error}")
-            else:
-                print(f"{r.path}\t{r.label}\t{r.probability:.4f}")
+    rule = ConfidenceRule(args.min_probability, args.min_side)
+    results = predict_files(loaded, files, rule=rule)
+    sys.stdout.flush()
+    write_results(results, "json" if args.json else args.output, sys.stdout.buffer, loaded.classes)
+    sys.stdout.buffer.flush()
     failed = [r for r in results if r.error]
     if failed:
         print(f"{len(failed)} of {len(results)} files could not be read", file=sys.stderr)
@@ -74,18 +80,67 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_confidence(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--min-probability",
+        type=float,
+        default=0.5,
+        help="answer 'uncertain' when the top probability is below this (default 0.5)",
+    )
+    p.add_argument(
+        "--min-side",
+        type=int,
+        default=None,
+        help="answer 'uncertain' for images whose shorter side is below this many pixels "
+        "(default: half the model's shorter input side)",
+    )
+
+
 def _serve_args(p: argparse.ArgumentParser) -> None:
+    from imgclf.serving.config import MIB, ServeConfig
+
+    d = ServeConfig()
     add_model(p)
-    add_bind(p, port=8080)
+    add_bind(p, port=d.port)
+    add_confidence(p)
+    for flag, default, kind, what in (
+        ("--header-timeout", d.header_timeout_s, float, "seconds for the request line and headers"),
+        ("--body-timeout", d.body_timeout_s, float, "seconds for the whole body (408 after)"),
+        ("--max-body-mib", d.max_body_bytes / MIB, float, "largest request body (413 over)"),
+        ("--max-pixels", d.max_pixels, int, "largest image, width x height, from its header"),
+        ("--decode-memory-mib", d.decode_memory_bytes / MIB, float, "memory for decoding"),
+        ("--body-memory-mib", d.body_memory_bytes / MIB, float, "memory for request bodies"),
+        ("--decode-workers", d.decode_workers, int, "images decoded at once"),
+        ("--max-connections", d.max_connections, int, "open connections (503 beyond)"),
+        ("--poll", d.poll_s, float, "seconds between checks of the model alias (0: off)"),
+    ):
+        p.add_argument(flag, type=kind, default=default, help=f"{what} (default {default:g})")
 
 
 def _serve(args: argparse.Namespace) -> int:
     from imgclf.predict import default_model_uri, load_model
-    from imgclf.serve import ServeConfig, serve, token_from_env
+    from imgclf.serving import ModelHolder, ServeConfig, Service, serve, token_from_env
+    from imgclf.serving.config import MIB
 
-    loaded = load_model(args.model or default_model_uri(), args.format)
-    serve(loaded, ServeConfig(host=args.host, port=args.port, token=token_from_env()))
-    return 0
+    spec = args.model or default_model_uri()
+    holder = ModelHolder(spec, args.format, load_model(spec, args.format))
+    cfg = ServeConfig(
+        host=args.host,
+        port=args.port,
+        token=token_from_env(),
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
+        max_body_bytes=int(args.max_body_mib * MIB),
+        max_pixels=args.max_pixels,
+        decode_memory_bytes=int(args.decode_memory_mib * MIB),
+        body_memory_bytes=int(args.body_memory_mib * MIB),
+        decode_workers=args.decode_workers,
+        max_connections=args.max_connections,
+        poll_s=args.poll,
+        min_probability=args.min_probability,
+        min_side=args.min_side,
+    )
+    return serve(Service(holder, cfg))
 
 
 def _promote_args(p: argparse.ArgumentParser) -> None:
@@ -163,7 +218,7 @@ COMMANDS = [
     Command("predict", "classify image files or folders", _predict_args, _predict),
     Command(
         "serve",
-        "HTTP server classifying uploaded image files (127.0.0.1 by default)",
+        "HTTP server classifying uploaded image files (127.0.0.1 by default; docs/serving.md)",
         _serve_args,
         _serve,
     ),
