@@ -6,6 +6,11 @@ Conventions on each version (all MLflow model version tags):
 - ``sha256.<path>``: the sha256 of every exported file (``formats/<path>`` in the version);
 - ``formats``: the formats that passed their parity check; ``format.<name>``: ``valid`` or
   ``invalid: <why>``; ``parity.<name>.max_abs_diff`` / ``.label_agreement``;
+- ``imgclf.model_sha256``: the sha256 of the trained model file (``TrainOutputs.model``) the
+  version was exported from, and ``imgclf.export_settings``: a hash of the export settings that
+  shape its files. Export reconciles by this pair: a trained model is registered once, and a
+  rerun (after a kill, or a forced ``dvc repro``) reuses and repairs its version;
+  ``imgclf.broken``: why a version's files failed their check (it is never reused);
 - ``champion.moved.<UTC time>``: one JSON record per move of ``@champion`` *to* this version
   (when, from which version, the metrics compared, forced or not, the reason);
   ``champion.left.<UTC time>``: when it lost ``@champion`` and to which version.
@@ -19,6 +24,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,7 +33,7 @@ from typing import Any
 
 from imgclf import tracking
 from imgclf.artifacts import FORMAT_FILES
-from imgclf.predictors import Predictor, load_predictor
+from imgclf.predictors import Predictor, load_predictor, verify_files
 from imgclf.tracking import VersionInfo
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,9 @@ SHA_PREFIX = "sha256."
 FORMATS_TAG = "formats"  # the formats that passed their parity check, comma-separated
 MOVED_PREFIX = "champion.moved."
 LEFT_PREFIX = "champion.left."
+MODEL_SHA_TAG = "imgclf.model_sha256"
+SETTINGS_TAG = "imgclf.export_settings"
+BROKEN_TAG = "imgclf.broken"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<alias>[\w-]+))$")
 
 
@@ -66,9 +75,71 @@ def parse_model_uri(uri: str) -> tuple[str, str | None, str | None]:
 
 
 def resolve(uri: str) -> VersionInfo:
-    """The version a registry URI points at."""
+    """The version a registry URI points at (never creating a store where there is none).
+
+    Raises:
+        tracking.RegistryLookupError: no store, model, version or alias; says what exists.
+    """
     name, version, alias = parse_model_uri(uri)
+    tracking.open_registry()
     return tracking.get_version(name, version=version, alias=alias)
+
+
+def find_export(name: str, model_sha256: str, settings: str) -> VersionInfo | None:
+    """The version already exported from this trained model with these settings, if any.
+
+    Versions whose files failed their check (``imgclf.broken``) do not count.
+    """
+    for info in tracking.list_versions(name):
+        tags = info.tags
+        if (
+            tags.get(MODEL_SHA_TAG) == model_sha256
+            and tags.get(SETTINGS_TAG) == settings
+            and BROKEN_TAG not in tags
+        ):
+            return info
+    return None
+
+
+def fetch_version(info: VersionInfo, dst: Path) -> bool:
+    """Download a version's ``formats/`` folder as ``dst`` and verify every valid format.
+
+    Returns:
+        False (``dst`` removed, the version tagged :data:`BROKEN_TAG` so that it is never
+        reused) when the files cannot be fetched or differ from their recorded hashes.
+    """
+    try:
+        got = tracking.download_version_folder(info.name, info.version, dst.parent)
+        if got != dst:
+            os.replace(got, dst)
+        expected = expected_hashes(info)
+        for fmt in valid_formats(info):
+            verify_files(dst, FORMAT_FILES[fmt], expected)
+    except Exception as exc:  # noqa: BLE001 - whatever failed, this version cannot be reused
+        log.warning("registry: version %s cannot be reused (%s)", info.version, exc)
+        tracking.set_version_tags(info.name, info.version, {BROKEN_TAG: str(exc)[:5000]})
+        shutil.rmtree(dst, ignore_errors=True)
+        return False
+    return True
+
+
+def point_export_aliases(
+    name: str, version: str, held: list[str], challenger: str, champion: str
+) -> list[str]:
+    """``challenger`` always points at the exported version; ``champion`` only when there is
+    none. Returns which of the two the version holds: the same after a rerun (that repairs a
+    version registered by a killed export) as after one uninterrupted export.
+
+    Replacing an existing champion is ``imgclf promote``'s job, behind its gate.
+    """
+    if challenger not in held:
+        tracking.set_alias(name, challenger, version)
+    try:
+        current = tracking.get_version(name, alias=champion).version
+    except LookupError:
+        move_alias(name, champion, version, reason="first registered version (no champion yet)")
+        current = version
+    return [challenger] + ([champion] if current == version else [])
 
 
 def expected_hashes(info: VersionInfo) -> dict[str, str]:

@@ -36,6 +36,7 @@ STAGES: dict[str, type[Outputs]] = {
 DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))
 # Imported by stages but left out of dvc.yaml's deps on purpose (dvc.yaml's header says why).
 NOT_DEPS = {"config.py", "errors.py", "interrupts.py", "lineage.py", "tracking"}
+NOT_DEPS |= {"orphans.py", "pauses.py"}  # when a stage stops, never what it writes
 NOT_DEPS_EXCEPT = {"export": {"tracking"}}  # the registry version is what export makes
 
 

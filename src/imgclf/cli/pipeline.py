@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgclf.cli.command import Command, add_bind, add_params
+from imgclf.errors import ImgclfError
 
 if TYPE_CHECKING:  # imported by name below; listed so the import graph (lint-imports) has them
     from imgclf.stages import evaluate, export, ingest, preprocess, train  # noqa: F401
@@ -44,7 +47,10 @@ def _run_stage(name: str, args: argparse.Namespace) -> int:
     stage = importlib.import_module(f"imgclf.stages.{name}")  # only this one: all five cost ~3 s
     folders = {kw: Path(getattr(args, flag)) for flag, kw in STAGE_INPUTS[name].items()}
     started = time.perf_counter()
-    stage.run(cfg, out_dir=Path(args.out), **folders)
+    from imgclf.orphans import watching
+
+    with watching():  # a stage whose `dvc repro` is killed stops instead of going on as an orphan
+        stage.run(cfg, out_dir=Path(args.out), **folders)
     log.info("%s: done in %.1f s", name, time.perf_counter() - started)
     return 0
 
@@ -95,17 +101,67 @@ def _doctor(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _ui_args(p: argparse.ArgumentParser) -> None:
+    add_bind(p, port=5000)
+    add_params(p)
+    p.add_argument("--no-browser", action="store_true", help="print the URL only, open no browser")
+
+
 def _ui(args: argparse.Namespace) -> int:
-    import shutil
+    """Serve the store with ``mlflow ui``; print (and open) the training view's URL once it answers.
+
+    The view is the experiment's classic runs table (not MLflow 3's GenAI view) with the metrics
+    that decide a comparison as columns (:func:`imgclf.tracking.store.training_view`).
+    """
+    import subprocess
+    import urllib.request
 
     from imgclf import tracking
+    from imgclf.tracking.store import training_view
 
     cmd = tracking.ui_command(args.host, args.port)
     exe = shutil.which(cmd[0]) or str(Path(sys.executable).with_name(cmd[0]))
-    log.info("MLflow UI on http://%s:%d over %s", args.host, args.port, cmd[7])
-    sys.stdout.flush()
-    os.execv(exe, [exe, *cmd[1:]])
-    return 0  # not reached
+    base = f"http://{args.host}:{args.port}/"
+    url = base
+    with contextlib.suppress(ImgclfError):
+        from imgclf.config import load_config
+
+        path = training_view(load_config(args.params).mlflow.experiment_name)
+        url = base + path if path else base
+    # mlflow's own start-up warnings (Flask/huey/security notes) go to a log file, not the console.
+    log_path = tracking.store_dir() / "ui.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as server_log:
+        proc = subprocess.Popen([exe, *cmd[1:]], stdout=server_log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(base + "health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.3)
+        if proc.poll() is not None:
+            log.error("mlflow ui exited with %s; see %s", proc.returncode, log_path)
+            return 1
+        print(f"MLflow UI (training runs): {url}", flush=True)
+        print(f"Registered models: {base}#/models   (Ctrl-C stops the server)", flush=True)
+        if not args.no_browser and _has_display():
+            import webbrowser
+
+            webbrowser.open(url)
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+def _has_display() -> bool:
+    """Whether a graphical browser can open (never a text browser inside this terminal)."""
+    return sys.platform == "darwin" or bool(
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
 
 
 COMMANDS = [
@@ -126,8 +182,8 @@ COMMANDS = [
     ),
     Command(
         "ui",
-        "MLflow UI over the project's store (127.0.0.1 by default)",
-        functools.partial(add_bind, port=5000),
+        "MLflow UI over the project's store (127.0.0.1); prints and opens the training runs view",
+        _ui_args,
         _ui,
     ),
     Command(

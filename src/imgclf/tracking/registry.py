@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,12 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from imgclf.tracking.store import retrying, tracking_uri
+from imgclf.errors import ImgclfError
+from imgclf.tracking.store import configure, retrying, tracking_uri
+
+
+class RegistryLookupError(ImgclfError, LookupError):
+    """No such store, model, version or alias; the message names what exists instead."""
 
 
 @dataclass
@@ -54,12 +60,26 @@ def log_model_with_files(
     Returns:
         The logged model's URI (``models:/m-...``), the source of the version to create.
     """
-    import keras
-    import tensorflow as tf
     from mlflow.models import infer_signature
 
     signature = infer_signature(input_example, model.predict(input_example, verbose=0))
-    info = retrying(
+    with warnings.catch_warnings():
+        # MLflow picks the .h5 file name from save_format and passes it on to Keras 3's
+        # model.save, which infers the format from that name and warns the kwarg is deprecated.
+        warnings.filterwarnings("ignore", message="The `save_format` argument is deprecated")
+        info = _log_keras_model(model, signature, input_example, metadata)
+    retrying(MlflowClient().log_model_artifacts, info.model_id, str(files_dir), "formats")
+    retrying(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, model_id=info.model_id)
+    return str(info.model_uri)
+
+
+def _log_keras_model(
+    model: Any, signature: Any, input_example: Any, metadata: Mapping[str, Any]
+) -> Any:
+    import keras
+    import tensorflow as tf
+
+    return retrying(
         mlflow.tensorflow.log_model,
         model,
         name="model",
@@ -75,9 +95,6 @@ def log_model_with_files(
             f"h5py=={_version('h5py')}",
         ],
     )
-    retrying(MlflowClient().log_model_artifacts, info.model_id, str(files_dir), "formats")
-    retrying(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, model_id=info.model_id)
-    return str(info.model_uri)
 
 
 def _version(package: str) -> str:
@@ -99,11 +116,31 @@ def delete_version(name: str, version: str) -> None:
     retrying(MlflowClient().delete_model_version, name, version)
 
 
+def open_registry() -> None:
+    """Point MLflow at the store for reading, without creating one where there is none.
+
+    A read (``imgclf predict``, ``registry``, ``promote``) in a folder with no store would
+    otherwise leave an empty ``mlruns/mlflow.db`` behind.
+
+    Raises:
+        RegistryLookupError: the SQLite store does not exist.
+    """
+    uri = tracking_uri()
+    db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+    if db is not None and not db.is_file():
+        raise RegistryLookupError(
+            f"no MLflow store at {db}: nothing is registered here; run `make repro` in the "
+            "project (or set MLFLOW_TRACKING_URI to the store that holds the model)"
+        )
+    configure()
+
+
 def get_version(name: str, version: str | None = None, alias: str | None = None) -> VersionInfo:
     """One version, by number or by alias.
 
     Raises:
-        LookupError: the model, version or alias does not exist.
+        RegistryLookupError: the model, version or alias does not exist; the message lists the
+            models, versions or aliases that do.
     """
     client = MlflowClient()
     try:
@@ -112,9 +149,26 @@ def get_version(name: str, version: str | None = None, alias: str | None = None)
         else:
             mv = retrying(client.get_model_version, name, str(version))
     except MlflowException as exc:
-        what = f"@{alias}" if alias is not None else f"version {version}"
-        raise LookupError(f"model '{name}' has no {what} in {tracking_uri()}") from exc
+        raise RegistryLookupError(_missing(client, name, version, alias)) from exc
     return _version_info(mv)
+
+
+def _missing(client: MlflowClient, name: str, version: str | None, alias: str | None) -> str:
+    """What is missing, and what exists instead, in one line."""
+    try:
+        model = retrying(client.get_registered_model, name)
+    except MlflowException:
+        names = sorted(m.name for m in retrying(client.search_registered_models))
+        exist = f"models: {', '.join(names)}" if names else "none is registered yet (`make repro`)"
+        return f"no registered model '{name}' in {tracking_uri()}; {exist}"
+    if alias is not None:
+        aliases = sorted((model.aliases or {}).keys())
+        return f"model '{name}' has no alias '{alias}'; aliases: {', '.join(aliases) or 'none'}"
+    versions = sorted(
+        (str(v.version) for v in retrying(client.search_model_versions, f"name = '{name}'")),
+        key=int,
+    )
+    return f"model '{name}' has no version {version}; versions: {', '.join(versions) or 'none'}"
 
 
 def list_versions(name: str) -> list[VersionInfo]:
@@ -142,6 +196,17 @@ def set_version_tags(name: str, version: str, tags: Mapping[str, str]) -> None:
         retrying(client.set_model_version_tag, name, str(version), key, str(value))
 
 
+def download_version_folder(name: str, version: str, dst: Path) -> Path:
+    """Download the whole ``formats/`` folder of a version into ``dst``; return its path."""
+    base = retrying(MlflowClient().get_model_version_download_uri, name, str(version))
+    local = retrying(
+        mlflow.artifacts.download_artifacts,
+        artifact_uri=f"{base.rstrip('/')}/formats",
+        dst_path=str(dst),
+    )
+    return Path(local)
+
+
 def download_version_files(name: str, version: str, rel: str, dst: Path) -> Path:
     """Download ``formats/<rel>`` (a file or a folder) of a version into ``dst``."""
     base = retrying(MlflowClient().get_model_version_download_uri, name, str(version))
@@ -151,3 +216,14 @@ def download_version_files(name: str, version: str, rel: str, dst: Path) -> Path
         dst_path=str(dst),
     )
     return Path(local)
+
+
+def set_version_description(name: str, version: str, text: str) -> None:
+    """Set a version's description (MLflow renders it as markdown: the model card)."""
+    retrying(MlflowClient().update_model_version, name, str(version), description=text)
+
+
+def version_description(name: str, version: str) -> str:
+    """A version's description ('' when it has none)."""
+    mv = retrying(MlflowClient().get_model_version, name, str(version))
+    return str(mv.description or "")
