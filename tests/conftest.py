@@ -117,3 +117,18 @@ def mlflow_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+# Tests are grouped by cost, by folder: unit/ (pure, fast), integration/ (the shared tiny
+# pipeline, real stores and processes) and data/ (the real dataset). `-m unit`, `-m integration`
+# and `-m slow` select a group. A test marked with a group itself keeps it (a unit module's one
+# test that runs a real converter is `integration`; a fresh clone anywhere is `slow`).
+GROUPS = {"unit": "unit", "integration": "integration", "data": "slow"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by these markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        group = GROUPS.get(item.path.parent.name)
+        if group is not None and not any(item.get_closest_marker(g) for g in GROUPS.values()):
+            item.add_marker(group)

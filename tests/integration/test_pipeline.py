@@ -13,33 +13,23 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from imgclf import artifacts, cli
-from imgclf.stages import evaluate, export, ingest, preprocess, train
+from imgclf.stages import evaluate, export, train
 from tests.conftest import REPO_ROOT, tiny_config, write_params
+from tests.integration.conftest import DVC_EXP_NAME, copy_trained
 
 
 @pytest.fixture(scope="module")
-def pipeline(tiny_dataset, tmp_path_factory):
-    """Run ingest -> export once; yield the paths, results and store URI."""
+def pipeline(trained_tiny, tmp_path_factory):
+    """The session's tiny pipeline plus this module's own export; the paths, results and store."""
     work = tmp_path_factory.mktemp("pipeline")
-    store = work / "mlruns"
-    store.mkdir()
-    uri = f"sqlite:///{store / 'mlflow.db'}"
+    uri = copy_trained(trained_tiny, work)
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
-    mp.setenv("DVC_EXP_NAME", "tiny-exp")
+    mp.setenv("DVC_EXP_NAME", DVC_EXP_NAME)
     mp.chdir(work)
-    cfg = tiny_config()
+    cfg = trained_tiny.cfg
     art = work / "artifacts"
-    res = {
-        "ingest": ingest.run(cfg, in_dir=tiny_dataset, out_dir=art / "ingest"),
-        "preprocess": preprocess.run(
-            cfg, data_dir=tiny_dataset, ingest_dir=art / "ingest", out_dir=art / "preprocess"
-        ),
-        "train": train.run(cfg, in_dir=art / "preprocess", out_dir=art / "train"),
-    }
-    res["evaluate"] = evaluate.run(
-        cfg, preprocess_dir=art / "preprocess", train_dir=art / "train", out_dir=art / "evaluate"
-    )
+    res = dict(trained_tiny.results)
     res["export"] = export.run(
         cfg,
         preprocess_dir=art / "preprocess",
@@ -48,7 +38,7 @@ def pipeline(tiny_dataset, tmp_path_factory):
         out_dir=art / "export",
     )
     mlflow.set_tracking_uri(uri)
-    yield {"cfg": cfg, "art": art, "res": res, "uri": uri, "data": tiny_dataset}
+    yield {"cfg": cfg, "art": art, "res": res, "uri": uri, "data": trained_tiny.data}
     mp.undo()
 
 
@@ -169,7 +159,10 @@ def test_mlflow_run_has_params_epochs_tags_and_figures(pipeline):
     )
     assert run.data.metrics["test_n_leakfree"] == 17
     names = {a.path for a in client.list_artifacts(run.info.run_id, "evaluate")}
-    assert "evaluate/confusion_matrix.png" in names and "evaluate/learning_curves.png" in names
+    assert "evaluate/metrics.json" in names and "evaluate/predictions.csv" in names
+    # Figures at the top level, where MLflow's compare view puts two runs' files side by side.
+    top = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.png", "learning_curves.png", "misclassified.png"} <= top
 
 
 def test_registered_version_holds_an_h5_that_predicts(pipeline, tmp_path):

@@ -34,18 +34,11 @@ from imgclf.fileio import read_json
 from imgclf.predict import ModelLoadError, load_model
 from imgclf.predictors import IntegrityError, verify_files
 from imgclf.promote import Measured, judge
-from imgclf.stages import evaluate, export, ingest, preprocess, train
+from imgclf.stages import evaluate, export
 from tests.conftest import TINY_CLASSES, draw_class_image, tiny_config, write_params
+from tests.integration.conftest import DATA_MD5, copy_trained, write_data_dvc
 
-DATA_MD5 = "0123456789abcdef0123456789abcdef.dir"
 NAME = "tiny-model"
-
-
-def write_data_dvc(folder: Path, md5: str) -> None:
-    """A data.dvc like the project's, pinning ``md5`` (what lineage tags and promote read)."""
-    (folder / "data.dvc").write_text(
-        f"outs:\n- md5: {md5}\n  size: 1\n  nfiles: 66\n  hash: md5\n  path: id-tiny\n"
-    )
 
 
 def useless_copy(train_dir: Path, out: Path) -> Path:
@@ -61,26 +54,20 @@ def useless_copy(train_dir: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reg(tiny_dataset, tmp_path_factory):
+def reg(trained_tiny, tmp_path_factory):
     work = tmp_path_factory.mktemp("promote")
-    (work / "mlruns").mkdir()
-    uri = f"sqlite:///{work / 'mlruns' / 'mlflow.db'}"
+    uri = copy_trained(trained_tiny, work)
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.chdir(work)
-    write_data_dvc(work, DATA_MD5)
-    cfg = tiny_config()
+    cfg = trained_tiny.cfg
     art = work / "artifacts"
-    ingest.run(cfg, in_dir=tiny_dataset, out_dir=art / "ingest")
-    preprocess.run(
-        cfg, data_dir=tiny_dataset, ingest_dir=art / "ingest", out_dir=art / "preprocess"
-    )
-    train.run(cfg, in_dir=art / "preprocess", out_dir=art / "train")
+    shutil.move(art / "evaluate", art / "evaluate_train")
     useless_copy(art / "train", art / "train_bad")
-    for t in ("train", "train_bad"):
-        evaluate.run(
-            cfg, preprocess_dir=art / "preprocess", train_dir=art / t, out_dir=art / f"evaluate_{t}"
-        )
+    evaluate.run(
+        cfg, preprocess_dir=art / "preprocess", train_dir=art / "train_bad",
+        out_dir=art / "evaluate_train_bad",
+    )  # fmt: skip
     exports = {}
     for t, out in (("train_bad", "export_bad"), ("train", "export")):
         exports[t] = export.run(
@@ -97,7 +84,7 @@ def reg(tiny_dataset, tmp_path_factory):
         "art": art,
         "cfg": cfg,
         "uri": uri,
-        "data": tiny_dataset,
+        "data": trained_tiny.data,
         "bad": exports["train_bad"],
         "good": exports["train"],
         "params": str(params),

@@ -85,6 +85,7 @@ def test_only_expected_failures_are_caught(monkeypatch, capsys):
         cli.main(["doctor"])
 
 
+@pytest.mark.integration  # real MLflow store, converters or processes
 @pytest.mark.parametrize(
     ("override", "line"),
     [

@@ -122,6 +122,7 @@ def test_filter_growth_sets_the_width_of_each_block(block):
     assert widths == [4, 6, 9]
 
 
+@pytest.mark.integration  # real MLflow store, converters or processes
 def test_residual_model_survives_h5_onnx_and_tflite(tmp_path):
     """Every export format handles the nested blocks and predicts what Keras predicts."""
     from imgclf.formats import export_and_check

@@ -181,6 +181,7 @@ def test_symlink_inside_the_root_is_followed(tmp_path, capsys):
     assert rep["duplicates"]["exact_groups"] == 1
 
 
+@pytest.mark.integration  # real MLflow store, converters or processes
 def test_ingest_over_the_limit_fails_its_mlflow_run_and_keeps_the_report(
     messy, tmp_path, mlflow_store
 ):
@@ -211,6 +212,7 @@ def test_ingest_index_marks_leaky_test_files_and_groups(messy, tmp_path):
     assert rows[f"{TRAIN}/letters/rotated.jpg"]["height"] == "180"  # EXIF applied
 
 
+@pytest.mark.integration  # real MLflow store, converters or processes
 def test_ingest_cli_over_the_limit_exits_2_with_one_line(
     messy, tmp_path, mlflow_store, caplog, capsys
 ):
