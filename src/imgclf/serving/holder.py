@@ -135,7 +135,7 @@ class Batcher:
                 # One call per run of requests for the same model object (a reload in between
                 # starts a new batch: each request is answered by the model it started with).
                 model = self._pending[0][0]
-                batch = []
+                batch: list[tuple[LoadedModel, np.ndarray, asyncio.Future]] = []
                 while self._pending and len(batch) < self.max_batch:
                     if self._pending[0][0] is not model:
                         break

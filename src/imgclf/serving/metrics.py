@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import resource
 from bisect import bisect_left
-from collections import Counter
+from collections import Counter, defaultdict
 from pathlib import Path
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -25,7 +25,7 @@ class Metrics:
         self.reloads: Counter[str] = Counter()
         self.images: Counter[str] = Counter()  # answered images by outcome
         self.hist: dict[str, list[int]] = {}
-        self.hist_sum: Counter[str] = Counter()
+        self.hist_sum: defaultdict[str, float] = defaultdict(float)
         self.in_flight = 0
 
     def observe(

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import h11
@@ -107,10 +107,13 @@ class Server(uvicorn.Server):
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        loop = asyncio.get_event_loop()
-        handlers = {signal.SIGTERM: self._stop, signal.SIGINT: self._stop}
+        self._loop = asyncio.get_running_loop()
+        handlers: dict[int, Callable[[int, Any], None]] = {
+            signal.SIGTERM: self._stop,
+            signal.SIGINT: self._stop,
+        }
         if hasattr(signal, "SIGHUP"):
-            handlers[signal.SIGHUP] = lambda *_: loop.call_soon_threadsafe(self._reload)
+            handlers[signal.SIGHUP] = self._hup
         previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
         try:
             yield
@@ -124,6 +127,9 @@ class Server(uvicorn.Server):
         self.should_exit = True
         self.service.shutting_down = True
         self.stopped_by = signal.Signals(sig).name
+
+    def _hup(self, _sig: int, _frame: Any) -> None:
+        self._loop.call_soon_threadsafe(self._reload)
 
     def _reload(self) -> None:
         task = asyncio.ensure_future(reload_model(self.service, "SIGHUP"))
