@@ -1,4 +1,11 @@
-"""Where a result came from: project root, git revision, data hash, DVC experiment name."""
+"""Where a result came from: project root, git revision, data hash, DVC experiment name, CPU.
+
+A run's ``git_commit`` is the commit it ran from, suffixed ``-dirty`` only when *code or config*
+differs from it; ``imgclf.dirty_files`` lists what differs. The pipeline's own outputs (every
+``outs``/``metrics``/``plots`` path of dvc.yaml, the ``.gitignore`` files DVC keeps beside them,
+and ``dvc.lock``) are not differences: a fresh clone's ``make repro`` rewrites the committed
+metrics and lock, and its runs still name a clean commit.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,9 @@ import subprocess
 from pathlib import Path
 
 import yaml
+
+DIRTY_FILES_TAG = "imgclf.dirty_files"  # code or config that differs from git_commit, or "none"
+HOST_CPU_TAG = "imgclf.host_cpu"
 
 
 def project_root(start: Path | None = None) -> Path:
@@ -28,22 +38,74 @@ def project_root(start: Path | None = None) -> Path:
     return here
 
 
-def git_revision(cwd: Path | None = None) -> str:
-    """The current commit, suffixed ``-dirty`` when tracked files have changes."""
+def _git(cwd: Path | None, *args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def git_state(cwd: Path | None = None) -> tuple[str, list[str]]:
+    """The current commit and the files, relative to the repository, whose code or config
+    differs from it: tracked files changed (not the pipeline's outputs) and untracked files in
+    the project's ``src/`` and ``conf/``. ``("unknown", [])`` outside a git repository."""
     try:
-        rev = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{rev}-dirty" if dirty else rev
+        rev, top = _git(cwd, "rev-parse", "HEAD", "--show-toplevel").split()
+        status = _git(cwd, "status", "--porcelain=v1", "-z", "--untracked-files=no")
+        project = project_root(cwd)
+        untracked = _git(
+            cwd, "ls-files", "--others", "--exclude-standard", "--full-name", "-z", "--",
+            str(project / "src"), str(project / "conf"),
+        )  # fmt: skip
+    except (OSError, ValueError, subprocess.CalledProcessError):
+        return "unknown", []
+    changed = []
+    entries = iter(status.split("\0"))
+    for entry in entries:
+        if len(entry) < 4:
+            continue
+        changed.append(entry[3:])
+        if entry[0] in "RC":  # a rename's or copy's source follows as its own entry
+            next(entries, None)
+    changed += [p for p in untracked.split("\0") if p]
+    outputs = pipeline_outputs(project, Path(top))
+    differ = sorted({p for p in changed if not _is_output(p, outputs)})
+    return rev, differ
+
+
+def _is_output(path: str, outputs: set[str]) -> bool:
+    return any(path == o or path.startswith(f"{o}/") for o in outputs)
+
+
+def pipeline_outputs(project: Path, repo_top: Path) -> set[str]:
+    """Paths (relative to the repository) the pipeline writes itself: dvc.lock, every out,
+    metric and plot of dvc.yaml, and the .gitignore DVC keeps in each out's folder."""
+    try:
+        spec = yaml.safe_load((project / "dvc.yaml").read_text(encoding="utf-8")) or {}
+        prefix = project.resolve().relative_to(repo_top.resolve()).as_posix()
+    except (OSError, ValueError, yaml.YAMLError):
+        return set()
+    paths = {"dvc.lock"}
+    for stage in (spec.get("stages") or {}).values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                out = entry if isinstance(entry, str) else next(iter(entry))
+                paths |= {out, f"{Path(out).parent.as_posix()}/.gitignore"}
+    return {p if prefix == "." else f"{prefix}/{p}" for p in paths}
+
+
+def git_revision(cwd: Path | None = None) -> str:
+    """The current commit, suffixed ``-dirty`` when code or config differs from it."""
+    rev, differ = git_state(cwd)
+    return f"{rev}-dirty" if differ else rev
+
+
+def _listed(paths: list[str], limit: int = 5000) -> str:
+    """The paths comma-separated, cut to fit an MLflow tag, saying how many were left out."""
+    text = ",".join(paths)
+    if len(text) <= limit:
+        return text or "none"
+    kept = text[: limit - 40].rsplit(",", 1)[0]
+    return f"{kept},... ({len(paths) - kept.count(',') - 1} more)"
 
 
 def data_hash(dvc_file: Path) -> str:
@@ -57,9 +119,14 @@ def data_hash(dvc_file: Path) -> str:
 
 def lineage_tags(root: Path | None = None) -> dict[str, str]:
     """Tags every MLflow run and model version carries."""
+    from imgclf.host import host_cpu
+
     root = root or project_root()
+    rev, differ = git_state(Path.cwd())
     tags = {
-        "git_commit": git_revision(Path.cwd()),
+        "git_commit": f"{rev}-dirty" if differ else rev,
+        DIRTY_FILES_TAG: _listed(differ),
+        HOST_CPU_TAG: host_cpu(),
         "data_md5": data_hash(Path.cwd() / "data.dvc"),
     }
     if os.environ.get("DVC_EXP_NAME"):

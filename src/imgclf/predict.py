@@ -166,16 +166,13 @@ def _default_format(held: list[str], where: str) -> str:
 
 
 def _load_registered(uri: str, fmt: str | None) -> LoadedModel:
-    from imgclf import registry, tracking
+    from imgclf import registry
     from imgclf.predictors import IntegrityError
 
-    tracking.configure()
     try:
-        info = registry.resolve(uri)
+        info = registry.resolve(uri)  # opens the store, creating none; says what exists
     except (LookupError, ValueError) as exc:
-        raise ModelLoadError(
-            f"{uri}: {exc}. Run `make repro` to train and register a model, or pass --model FILE"
-        ) from exc
+        raise ModelLoadError(f"{uri}: {exc}") from exc
     fmt = fmt or _default_format(registry.valid_formats(info), f"{uri} (version {info.version})")
     try:
         predictor = registry.load_version(info, fmt)

@@ -163,12 +163,19 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
 
 
 def _promote(args: argparse.Namespace) -> int:
-    from imgclf import promote
+    from imgclf import promote, tracking
     from imgclf.config import load_config
     from imgclf.errors import PromotionError
     from imgclf.lineage import data_hash
 
     cfg = load_config(args.params)
+    # The model first: in a clone with no registered model, that is what is missing.
+    tracking.open_registry()
+    name = cfg.mlflow.registered_model_name
+    if args.version is not None:
+        tracking.get_version(name, version=args.version)
+    else:
+        tracking.get_version(name, alias=cfg.export.challenger_alias)
     pinned = data_hash(Path(args.data_dvc))
     stale = promote.stale_test_data(Path.cwd())
     if stale is not None:
@@ -200,8 +207,9 @@ def _registry(args: argparse.Namespace) -> int:
     from imgclf.config import load_config
 
     cfg = load_config(args.params)
-    tracking.configure()
+    tracking.open_registry()  # where there is no store, says so (and creates none)
     name = args.name or cfg.mlflow.registered_model_name
+    tracking.require_model(name)  # one line naming the models that exist
     desc = registry.describe(name, cfg.export.champion_alias)
     print(json.dumps(desc, indent=2) if args.json else registry.render(desc))
     return 0 if desc["versions"] else 1

@@ -23,6 +23,7 @@ import numpy as np
 from imgclf import plots, tracking
 from imgclf.artifacts import EvaluateOutputs, PreprocessOutputs, TrainOutputs, write_predictions
 from imgclf.config import Config
+from imgclf.host import host_cpu
 from imgclf.metrics import score, tracked_metrics
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) ->
     confusion = {k: metrics.pop(k) for k in ("confusion_matrix", "confusion_matrix_leakfree")}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    out.write_metrics(metrics)
+    out.write_metrics({**metrics, "host_cpu": host_cpu()})  # the numbers depend on the CPU
     out.write_confusion(classes, confusion)
     top = probs.max(axis=1)
     write_predictions(out.predictions, classes, y_test, y_pred, top)

@@ -161,6 +161,7 @@ def _export_or_reuse(
     with tracking.open_run(
         cfg.mlflow.experiment_name, "export", run_id=train_out.read_run_id()
     ) as run_id:
+        pause("opened")
         existing = registry.find_export(name, model_sha, settings)
         if existing is not None and registry.fetch_version(existing, folder.root):
             tracking.set_version_tags(

@@ -32,6 +32,7 @@ from imgclf.tracking.registry import (
     log_model_with_files,
     open_registry,
     register_version,
+    require_model,
     set_alias,
     set_version_tags,
 )
@@ -89,6 +90,7 @@ __all__ = [
     "open_registry",
     "open_run",
     "register_version",
+    "require_model",
     "retrying",
     "run_status",
     "set_alias",

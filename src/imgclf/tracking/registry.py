@@ -153,6 +153,16 @@ def get_version(name: str, version: str | None = None, alias: str | None = None)
     return _version_info(mv)
 
 
+def require_model(name: str) -> None:
+    """Raise :class:`RegistryLookupError` (naming the models that exist) unless ``name`` is
+    registered."""
+    client = MlflowClient()
+    try:
+        retrying(client.get_registered_model, name)
+    except MlflowException as exc:
+        raise RegistryLookupError(_missing(client, name, None, None)) from exc
+
+
 def _missing(client: MlflowClient, name: str, version: str | None, alias: str | None) -> str:
     """What is missing, and what exists instead, in one line."""
     try:
