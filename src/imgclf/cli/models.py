@@ -107,20 +107,23 @@ def _serve_args(p: argparse.ArgumentParser) -> None:
         ("--header-timeout", d.header_timeout_s, float, "seconds for the request line and headers"),
         ("--body-timeout", d.body_timeout_s, float, "seconds for the whole body (408 after)"),
         ("--max-body-mib", d.max_body_bytes / MIB, float, "largest request body (413 over)"),
-        ("--max-pixels", d.max_pixels, int, "largest image, width x height, from its header"),
+        ("--max-pixels", None, int, "largest image, width x height, from its header"),
         ("--decode-memory-mib", d.decode_memory_bytes / MIB, float, "memory for decoding"),
         ("--body-memory-mib", d.body_memory_bytes / MIB, float, "memory for request bodies"),
         ("--decode-workers", d.decode_workers, int, "images decoded at once"),
         ("--max-connections", d.max_connections, int, "open connections (503 beyond)"),
         ("--poll", d.poll_s, float, "seconds between checks of the model alias (0: off)"),
     ):
-        p.add_argument(flag, type=kind, default=default, help=f"{what} (default {default:g})")
+        shown = "the loader's limit, as data.max_pixels" if default is None else f"{default:g}"
+        p.add_argument(flag, type=kind, default=default, help=f"{what} (default {shown})")
 
 
 def _serve(args: argparse.Namespace) -> int:
     from imgclf.predict import default_model_uri, load_model
-    from imgclf.serving import ModelHolder, ServeConfig, Service, serve, token_from_env
-    from imgclf.serving.config import MIB
+    from imgclf.serving.app import Service
+    from imgclf.serving.config import MIB, ServeConfig, token_from_env
+    from imgclf.serving.holder import ModelHolder
+    from imgclf.serving.server import serve
 
     spec = args.model or default_model_uri()
     holder = ModelHolder(spec, args.format, load_model(spec, args.format))
@@ -200,6 +203,11 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
     add_params(p)
     p.add_argument("--name", default=None, help="registered model (default: from params)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--card",
+        metavar="VERSION",
+        help="print that version's model card (markdown); VERSION may be @alias",
+    )
 
 
 def _registry(args: argparse.Namespace) -> int:
@@ -210,9 +218,23 @@ def _registry(args: argparse.Namespace) -> int:
     tracking.open_registry()  # where there is no store, says so (and creates none)
     name = args.name or cfg.mlflow.registered_model_name
     tracking.require_model(name)  # one line naming the models that exist
+    if args.card:
+        return _print_card(name, args.card)
     desc = registry.describe(name, cfg.export.champion_alias)
     print(json.dumps(desc, indent=2) if args.json else registry.render(desc))
     return 0 if desc["versions"] else 1
+
+
+def _print_card(name: str, version: str) -> int:
+    from imgclf import card, tracking
+
+    if version.startswith("@"):  # --card @champion
+        info = tracking.get_version(name, alias=version[1:])
+    else:  # a missing version is one line naming the ones that exist
+        info = tracking.get_version(name, version.removeprefix("v"))
+    text = card.read(name, info.version)
+    print(text or f"{name} v{info.version} has no model card (registered before cards existed)")
+    return 0 if text else 1
 
 
 COMMANDS = [

@@ -9,20 +9,6 @@ training used (:mod:`imgclf.images`) and loads models through :func:`imgclf.pred
 Modules: :mod:`.config` (settings and limits), :mod:`.server` (uvicorn, header timeout, signals),
 :mod:`.guard` (auth, body limits and timeouts), :mod:`.app` (routes and the per-image pipeline),
 :mod:`.budget` (memory budgets), :mod:`.holder` (the model, reload, batching), :mod:`.metrics`,
-:mod:`.errors`, :mod:`.openapi`.
+:mod:`.errors`, :mod:`.openapi`. Import from the modules: this package imports nothing, so
+``imgclf``'s argument parser (which reads :class:`.config.ServeConfig`'s defaults) stays light.
 """
-
-from imgclf.serving.app import Service, create_app
-from imgclf.serving.config import TOKEN_ENV, ServeConfig, token_from_env
-from imgclf.serving.holder import ModelHolder
-from imgclf.serving.server import serve
-
-__all__ = [
-    "TOKEN_ENV",
-    "ModelHolder",
-    "ServeConfig",
-    "Service",
-    "create_app",
-    "serve",
-    "token_from_env",
-]

@@ -23,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from imgclf.answers import ConfidenceRule, Prediction
-from imgclf.images import ImageRejected
+from imgclf.images import DEFAULT_MAX_PIXELS, ImageRejected
 from imgclf.predict import LoadedModel, prepare, probe_for, to_predictions
 from imgclf.serving import errors, openapi
 from imgclf.serving.budget import Busy, ByteBudget, OverBudget
@@ -52,14 +52,13 @@ class Service:
         self.batcher = Batcher(cfg.max_batch)
         self.rule = ConfidenceRule(cfg.min_probability, cfg.min_side)
         self.shutting_down = False
+        self.max_pixels = cfg.max_pixels or DEFAULT_MAX_PIXELS
 
     async def classify(self, data: bytes, source: str) -> dict[str, Any]:
         """One image file's bytes -> the answer (raises ApiError)."""
         loaded = self.holder.current  # this request's model, even if a reload swaps it
         try:
-            probe = await anyio.to_thread.run_sync(
-                probe_for, loaded, data, source, self.cfg.max_pixels
-            )
+            probe = await anyio.to_thread.run_sync(probe_for, loaded, data, source, self.max_pixels)
             assert self.decode_slots is not None
             async with self.decode_slots:
                 await self.decode_budget.acquire(probe.peak_bytes, self.cfg.busy_timeout_s)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from imgclf.images import DEFAULT_MAX_PIXELS
-
 TOKEN_ENV = "IMGCLF_SERVE_TOKEN"
 MIB = 1024 * 1024
 
@@ -32,7 +30,8 @@ class ServeConfig:
     max_body_bytes: int = 25 * MIB
     max_header_bytes: int = 16 * 1024
     max_batch_files: int = 32
-    max_pixels: int = DEFAULT_MAX_PIXELS  # per image, from its header (413 too_large)
+    # per image, from its header (413 too_large); None: imgclf.images.DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None
     max_connections: int = 256  # beyond: 503 without reading the request
     # Memory: request bodies held and images being decoded each draw from a budget; a request
     # waits (up to busy_timeout_s) for its share. Ceiling ~ process baseline + both budgets.
