@@ -8,15 +8,20 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 PYTEST_ARGS ?=
 
+# dvc.yaml's commands run `imgclf ...`: the venv's bin first on PATH finds it, also for DVC.
 export PATH := $(BIN):$(PATH)
-export TF_CPP_MIN_LOG_LEVEL ?= 2
+# imgclf keeps TensorFlow's start-up chatter off the console (imgclf/console.py);
+# `make repro IMGCLF_VERBOSE=1` shows every library line.
+IMGCLF_VERBOSE ?= 0
+export IMGCLF_VERBOSE
 
-.PHONY: setup repro test test-fast ui params lint sweep bench clean help
+.PHONY: setup repro test test-fast ui compare params lint sweep bench clean help browser
 
 help:
 	@echo "make repro   set up .venv, dvc pull the data, dvc repro the pipeline, show metrics"
 	@echo "make test    set up .venv, make lint, then the test suite (what CI runs)"
-	@echo "make ui      MLflow UI over the project's store on http://$(HOST):$(PORT)"
+	@echo "make ui      MLflow UI over the project's store: prints and opens the training runs view"
+	@echo "make compare dvc exp show, the deciding metrics and main params only (COMPARE_ARGS=...)"
 	@echo "make params  recompose params.yaml from conf/ (Hydra)"
 	@echo "make sweep   Optuna sweep (conf/sweep/\$$(SWEEP).yaml), SWEEP_ARGS for overrides"
 	@echo "make lint    ruff (lint + format), mypy on src/, import-linter's layering contracts"
@@ -39,17 +44,31 @@ repro: $(STAMP)
 	$(BIN)/dvc pull data.dvc
 	@# On failure, say whether a killed run left a stale lock and how to recover.
 	$(BIN)/dvc repro || { $(BIN)/imgclf doctor; exit 1; }
-	$(BIN)/dvc metrics show
+	@$(BIN)/imgclf summary
 
 # CI runs `make test`, so the lint (and the layering contracts in pyproject.toml) gate it too.
-test: lint
+test: lint browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The MLflow UI test drives a real headless Chromium. Installed from the system packages when
+# missing and we may (root with apt-get, as in CI); elsewhere that test skips, saying how.
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && { apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
+	            || echo "chromium could not be installed: the MLflow UI test will skip"; }; } \
+	  || echo "no chromium (apt-get install chromium, as root): the MLflow UI test will skip"
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)
-	$(BIN)/imgclf ui --host $(HOST) --port $(PORT)
+	@$(BIN)/imgclf ui --host $(HOST) --port $(PORT)
+
+# The everyday comparison of DVC experiments: the deciding metrics and the main knobs only.
+COMPARE_KEEP ?= ^(Experiment|Created|accuracy|leakfree_accuracy|macro_f1|epochs_run|train\.epochs|model\.name|optimizer\.name)$$
+compare: $(STAMP)
+	@COLUMNS=160 $(BIN)/dvc exp show --no-pager --hide-queued --drop '.*' --keep '$(COMPARE_KEEP)' $(COMPARE_ARGS)
 
 params: $(STAMP)
 	$(BIN)/imgclf params

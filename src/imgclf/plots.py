@@ -117,3 +117,33 @@ def image_sizes(sizes: Mapping[str, Sequence[tuple[int, int]]], path: Path) -> N
     ax.legend()
     ax.grid(alpha=0.3)
     _save(fig, path)
+
+
+def misclassified(
+    images: np.ndarray,
+    y_true: Sequence[int],
+    y_pred: Sequence[int],
+    confidence: Sequence[float],
+    classes: Sequence[str],
+    path: Path,
+    limit: int = 24,
+) -> None:
+    """The test images the model got wrong (most confident mistakes first), or a note if none."""
+    wrong = [i for i in range(len(y_true)) if y_true[i] != y_pred[i]]
+    wrong.sort(key=lambda i: -confidence[i])
+    wrong = wrong[:limit]
+    cols = 6
+    rows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 2.0, rows * 1.9), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < len(wrong):
+            i = wrong[k]
+            ax.imshow(images[i])
+            ax.set_title(
+                f"{classes[y_true[i]]}\n-> {classes[y_pred[i]]} {confidence[i]:.2f}", fontsize=7
+            )
+    if not wrong:
+        axes[0][0].text(0, 0.5, "no misclassified test image", fontsize=11)
+    fig.suptitle(f"Misclassified test images: {len(wrong)} shown (true -> predicted, confidence)")
+    _save(fig, path)

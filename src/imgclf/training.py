@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclf import tracking
+from imgclf import console, tracking
 from imgclf.config import Config, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -219,6 +219,33 @@ def _epoch_logger(state: TrainingState) -> Any:
     return EpochLogger()
 
 
+def _progress(state: TrainingState, epochs: int) -> Any:
+    import time
+
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        """One log line per recorded epoch (Keras's own lines only with IMGCLF_VERBOSE=1)."""
+
+        def on_epoch_begin(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, Any] | None = None) -> None:
+            if state.diverged:
+                return
+            values = state.epoch_values(epoch)
+            shown = ", ".join(
+                f"{k} {values[k]:.4f}"
+                for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+                if k in values
+            )
+            best = " (best)" if state.best_epoch == epoch + 1 else ""
+            took = time.perf_counter() - self.started
+            log.info("epoch %d/%d: %s, %.1f s%s", epoch + 1, epochs, shown, took, best)
+
+    return Progress()
+
+
 def fit(
     model: Any,
     train_ds: Any,
@@ -262,6 +289,7 @@ def fit(
         _early_stopping(state, monitor, cfg.patience),
         *([checkpoint] if checkpoint is not None else []),
         _epoch_logger(state),
+        _progress(state, cfg.epochs),
         *callbacks,
     ]
     model.fit(
@@ -270,7 +298,7 @@ def fit(
         epochs=cfg.epochs,
         initial_epoch=state.epochs_done,
         callbacks=stack,
-        verbose=2,
+        verbose=2 if console.verbose() else 0,
     )
     if state.diverged:
         raise FloatingPointError(

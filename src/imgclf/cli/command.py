@@ -55,8 +55,11 @@ def add_bind(p: argparse.ArgumentParser, port: int) -> None:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """Log lines with a time stamp; third-party chatter only from WARNING."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    """Log lines with a time stamp; third-party chatter only from WARNING (all of it with -v or
+    ``IMGCLF_VERBOSE=1``: :mod:`imgclf.console`)."""
+    from imgclf.console import quiet_startup
+
+    quiet_startup(force_verbose=verbose)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # Download progress bars would interleave with promote's table and predict's output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

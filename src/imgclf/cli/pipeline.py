@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgclf.cli.command import Command, add_bind, add_params
-from imgclf.errors import ImgclfError
+from imgclf.errors import ImgclfError, MissingInputError
 
 if TYPE_CHECKING:  # imported by name below; listed so the import graph (lint-imports) has them
     from imgclf.stages import evaluate, export, ingest, preprocess, train  # noqa: F401
@@ -131,8 +131,13 @@ def _ui(args: argparse.Namespace) -> int:
     # mlflow's own start-up warnings (Flask/huey/security notes) go to a log file, not the console.
     log_path = tracking.store_dir() / "ui.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow 3 also starts a dozen job workers (GenAI judges, prompt optimisation; ~270 MB
+    # each) that this project never uses.
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
     with log_path.open("ab") as server_log:
-        proc = subprocess.Popen([exe, *cmd[1:]], stdout=server_log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [exe, *cmd[1:]], stdout=server_log, stderr=subprocess.STDOUT, env=env
+        )
     try:
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
@@ -164,6 +169,26 @@ def _has_display() -> bool:
     )
 
 
+def _summary_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", default=".", help="project folder (default: here)")
+
+
+def _summary(args: argparse.Namespace) -> int:
+    """Print the last repro's headline metrics (what `make repro` ends with)."""
+    import json
+
+    from imgclf.artifacts import EvaluateOutputs, TrainOutputs
+    from imgclf.card import summary_table
+
+    root = Path(args.root)
+    evaluated, trained = EvaluateOutputs.in_project(root), TrainOutputs.in_project(root)
+    if not evaluated.metrics.is_file() or not trained.summary.is_file():
+        raise MissingInputError(f"{evaluated.metrics} or {trained.summary}: run `dvc repro` first")
+    summary = json.loads(trained.summary.read_text(encoding="utf-8"))
+    print(summary_table(evaluated.read_metrics(), summary))
+    return 0
+
+
 COMMANDS = [
     *(
         Command(
@@ -185,6 +210,12 @@ COMMANDS = [
         "MLflow UI over the project's store (127.0.0.1); prints and opens the training runs view",
         _ui_args,
         _ui,
+    ),
+    Command(
+        "summary",
+        "the last repro's headline metrics as a short table (make repro ends with it)",
+        _summary_args,
+        _summary,
     ),
     Command(
         "doctor",

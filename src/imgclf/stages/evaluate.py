@@ -8,13 +8,16 @@ Outputs: :class:`imgclf.artifacts.EvaluateOutputs` (the flat metrics for ``dvc m
 ``accuracy``, ``macro_f1``, ``leakfree_accuracy``, ``leakfree_macro_f1``, ``n_test``,
 ``n_leakfree``, ``n_leaky``, ``*_ci95_low/high``, per-class precision/recall/F1; both confusion
 matrices, rows true and columns predicted; the predictions of the whole and of the leak-free
-test set as ``dvc plots`` confusion sources; and the figures). The same figures and metrics go
-to the MLflow run that train created.
+test set as ``dvc plots`` confusion sources; and the figures). The metrics go to the MLflow run
+that train created, the data files under its ``evaluate/`` folder, and the figures (plus a
+gallery of the misclassified test images) at the run's top level: MLflow's compare view shows
+the top-level files two runs share side by side.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +30,8 @@ from imgclf.host import host_cpu
 from imgclf.metrics import score, tracked_metrics
 
 log = logging.getLogger(__name__)
+
+MISCLASSIFIED_PNG = "misclassified.png"
 
 
 @dataclass
@@ -86,8 +91,13 @@ def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) ->
 
     with tracking.open_run(cfg.mlflow.experiment_name, "evaluate", run_id=trained.read_run_id()):
         tracking.log_metrics(tracked_metrics(metrics))
+        figures = {out.confusion_png, out.confusion_leakfree_png, out.learning_curves_png}
         for path in out.files:
-            tracking.log_artifact(path, "evaluate")
+            tracking.log_artifact(path, None if path in figures else "evaluate")
+        with tempfile.TemporaryDirectory() as tmp:  # MLflow only: no DVC output to keep
+            gallery = Path(tmp) / MISCLASSIFIED_PNG
+            plots.misclassified(x_test, y_test, y_pred, top, classes, gallery)
+            tracking.log_artifact(gallery, None)
     log.info(
         "evaluate: accuracy %.4f, macro F1 %.4f on %d test images; leak-free accuracy %s on %d",
         metrics["accuracy"],

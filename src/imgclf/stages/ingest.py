@@ -3,7 +3,9 @@
 Every file is decoded once (:mod:`imgclf.validate`): rejected files are listed with a reason
 code, exact and near duplicates and train/test leakage are found, and the result goes to
 ``out_dir`` as DVC outputs and to a dedicated MLflow run (``run_name="ingest"``, tagged with
-the data hash), so the data's state is visible beside the training runs.
+the data hash) in its own experiment, ``<mlflow.experiment_name>-data``: the training
+experiment's runs table and charts then hold training runs only, and the data's history is one
+click away.
 
 Outputs: :class:`imgclf.artifacts.IngestOutputs` (the index of accepted files, the report,
 the leakage details, the dataset card with its figures, and the ingest run's id).
@@ -28,6 +30,12 @@ from imgclf.validate import Validation, render_card, validate_dataset
 log = logging.getLogger(__name__)
 
 SAMPLES_PER_CLASS = 6
+DATA_EXPERIMENT_SUFFIX = "-data"
+
+
+def data_experiment(training_experiment: str) -> str:
+    """The experiment that holds ingest's runs, beside (never inside) the training one."""
+    return training_experiment + DATA_EXPERIMENT_SUFFIX
 
 
 @dataclass
@@ -140,7 +148,8 @@ def _track(cfg: Config, v: Validation, out: IngestOutputs, files: list[Path]) ->
         "n_ignored": v.report["n_ignored"],
     }
     tags = {**lineage_tags(), "imgclf.stage": "ingest"}
-    with tracking.open_run(cfg.mlflow.experiment_name, "ingest", tags=tags) as run_id:
+    experiment = data_experiment(cfg.mlflow.experiment_name)
+    with tracking.open_run(experiment, "ingest", tags=tags) as run_id:
         tracking.log_params(flatten(cfg, ("data",)))
         tracking.log_metrics(metrics)
         for f in files:

@@ -13,6 +13,7 @@ training metrics, and the MLflow run that evaluate and export report to).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,6 +71,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, callbacks: Sequence[Any] = 
             tracking.set_tags({"classes": ",".join(classes), "stage": "train"})
             resume.log_missed_epochs(state, run_id)
             checkpoint = resume.checkpoint_callback(ckpt, state)
+            started = time.perf_counter()  # this process's share: a resume adds its own
             fit(
                 model,
                 train_ds,
@@ -93,7 +95,12 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, callbacks: Sequence[Any] = 
                 **kept,
             }
             tracking.log_metrics(
-                {"best_epoch": state.best_epoch, **{f"best_{k}": v for k, v in kept.items()}}
+                {
+                    "best_epoch": state.best_epoch,
+                    "epochs_run": state.epochs_done,
+                    "train_seconds": round(time.perf_counter() - started, 1),
+                    **{f"best_{k}": v for k, v in kept.items()},
+                }
             )
             out.save_model(model)
             out.write_history(state.history)

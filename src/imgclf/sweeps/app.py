@@ -133,7 +133,9 @@ def main() -> None:
     """Entry point of ``imgclf-train``: Hydra over the project's ``conf/``."""
     import hydra
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from imgclf.console import quiet_startup
+
+    quiet_startup()  # before anything imports TensorFlow: no C++ start-up chatter
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     conf = conf_dir()
     if not (conf / "config.yaml").is_file():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import warnings
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,14 +63,23 @@ def log_model_with_files(
     from mlflow.models import infer_signature
 
     signature = infer_signature(input_example, model.predict(input_example, verbose=0))
-    with warnings.catch_warnings():
-        # MLflow picks the .h5 file name from save_format and passes it on to Keras 3's
-        # model.save, which infers the format from that name and warns the kwarg is deprecated.
-        warnings.filterwarnings("ignore", message="The `save_format` argument is deprecated")
+    # MLflow picks the .h5 file name from save_format and passes the kwarg on to Keras 3's
+    # model.save, which infers the format from the name and logs that the kwarg is deprecated
+    # (and that .h5 is legacy: the format users asked for). Our call, so not the user's noise.
+    absl = logging.getLogger("absl")
+    absl.addFilter(_drop_h5_notes)
+    try:
         info = _log_keras_model(model, signature, input_example, metadata)
+    finally:
+        absl.removeFilter(_drop_h5_notes)
     retrying(MlflowClient().log_model_artifacts, info.model_id, str(files_dir), "formats")
     retrying(mlflow.log_metrics, {k: float(v) for k, v in metrics.items()}, model_id=info.model_id)
     return str(info.model_uri)
+
+
+def _drop_h5_notes(record: logging.LogRecord) -> bool:
+    text = record.getMessage()
+    return "`save_format` argument is deprecated" not in text and "as an HDF5 file" not in text
 
 
 def _log_keras_model(

@@ -161,3 +161,68 @@ def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
         (store / "artifacts").mkdir(parents=True, exist_ok=True)
         cmd += ["--default-artifact-root", (store / "artifacts").as_uri()]
     return cmd
+
+
+# MLflow 3's UI opens an experiment in its GenAI view ("No data available") unless the experiment
+# says it is classic model development or the URL asks for `workflowType=machine_learning`.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+# The runs table's columns come from a view state the UI reads from an experiment tag
+# `mlflow.sharedViewState.<key>` when the URL names the key (what its "Share" button writes).
+VIEW_KEY = "imgclf-training"
+VIEW_STATE_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+# The values that decide a comparison: test and leak-free accuracy with their 95 % intervals,
+# macro F1, the epochs trained and kept, training time, and the recipe's main knobs.
+VIEW_METRICS = (
+    "test_leakfree_accuracy",
+    "test_leakfree_accuracy_ci95_low",
+    "test_leakfree_accuracy_ci95_high",
+    "test_accuracy",
+    "test_accuracy_ci95_low",
+    "test_accuracy_ci95_high",
+    "test_macro_f1",
+    "test_leakfree_macro_f1",
+    "best_val_accuracy",
+    "best_epoch",
+    "epochs_run",
+    "train_seconds",
+)
+VIEW_PARAMS = ("model.name", "optimizer.name", "train.epochs", "train.refit")
+
+
+def training_view_state() -> dict[str, Any]:
+    """The runs table the project opens on: newest first, the comparison values as columns."""
+    columns = [f"metrics.`{m}`" for m in VIEW_METRICS] + [f"params.`{p}`" for p in VIEW_PARAMS]
+    return {
+        "searchFilter": "",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+        "runListHidden": False,
+        "viewMaximized": False,
+    }
+
+
+def training_view(experiment_name: str) -> str | None:
+    """Tag ``experiment_name`` for the training view; return its UI path, None if it is absent.
+
+    The path (``#/experiments/<id>/runs?workflowType=machine_learning&viewStateShareKey=...``)
+    goes after the server's address. The tags are rewritten each time, so the columns follow
+    :data:`VIEW_METRICS` after an upgrade.
+    """
+    import json
+
+    configure()
+    client = MlflowClient()
+    exp = retrying(client.get_experiment_by_name, experiment_name)
+    if exp is None:
+        return None
+    state = json.dumps(training_view_state())
+    tags = {EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT, VIEW_STATE_TAG: state}
+    for key, value in tags.items():
+        if exp.tags.get(key) != value:
+            retrying(client.set_experiment_tag, exp.experiment_id, key, value)
+    return (
+        f"#/experiments/{exp.experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    )
