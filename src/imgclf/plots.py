@@ -121,16 +121,16 @@ def image_sizes(sizes: Mapping[str, Sequence[tuple[int, int]]], path: Path) -> N
 
 def misclassified(
     images: np.ndarray,
-    y_true: Sequence[int],
-    y_pred: Sequence[int],
-    confidence: Sequence[float],
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    confidence: np.ndarray,
     classes: Sequence[str],
     path: Path,
     limit: int = 24,
 ) -> None:
     """The test images the model got wrong (most confident mistakes first), or a note if none."""
-    wrong = [i for i in range(len(y_true)) if y_true[i] != y_pred[i]]
-    wrong.sort(key=lambda i: -confidence[i])
+    wrong = [int(i) for i in np.flatnonzero(y_true != y_pred)]
+    wrong.sort(key=lambda i: -float(confidence[i]))
     wrong = wrong[:limit]
     cols = 6
     rows = max(1, -(-len(wrong) // cols))
