@@ -63,6 +63,7 @@ def test_ingest_indexes_every_file(pipeline):
     assert run.data.metrics["leaky_test_files"] == 1
     names = {a.path for a in client.list_artifacts(r.run_id, "ingest")}
     assert {"ingest/dataset_card.md", "ingest/leakage.json", "ingest/image_sizes.png"} <= names
+    assert "ingest/dataset_card.html" in names  # figures inlined: MLflow renders it
 
 
 def test_preprocess_caches_tensors_and_plots(pipeline):

@@ -154,9 +154,32 @@ def _track(cfg: Config, v: Validation, out: IngestOutputs, files: list[Path]) ->
         tracking.log_metrics(metrics)
         for f in files:
             tracking.log_artifact(f, "ingest")
+        tracking.log_text(card_html(out), "ingest/dataset_card.html")
         out.write_run_id(run_id)
         check_limits(v, out.report)
     return run_id
+
+
+def card_html(out: IngestOutputs) -> str:
+    """The dataset card as one HTML page with its figures inlined.
+
+    MLflow shows a ``.md`` artifact as plain text (its ``![..](..)`` figure links stay raw) but
+    renders an ``.html`` one, and an artifact page cannot fetch its sibling files: so the
+    figures travel inside the page.
+    """
+    import base64
+    import html
+
+    from markdown_it import MarkdownIt  # rich's (hence mlflow's) markdown parser
+
+    body = MarkdownIt("commonmark").enable("table").render(out.card.read_text(encoding="utf-8"))
+    for fig in out.card_figures:
+        data = base64.b64encode(fig.read_bytes()).decode("ascii")
+        body = body.replace(f'src="{html.escape(fig.name)}"', f'src="data:image/png;base64,{data}"')
+    style = "body{font-family:sans-serif;max-width:60em}img{max-width:100%}td,th{padding:0 .6em}"
+    return f"<!DOCTYPE html><html><head><meta charset='utf-8'><style>{style}</style></head>" + (
+        f"<body>{body}</body></html>"
+    )
 
 
 def check_limits(v: Validation, report_path: Path) -> None:
