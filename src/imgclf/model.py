@@ -42,15 +42,33 @@ def build_augmentation(cfg: AugmentConfig, seed: int) -> list[layers.Layer]:
     return aug
 
 
+def subsample_shortcut(
+    x: keras.KerasTensor, filters: int, *, use_bias: bool, name: str
+) -> keras.KerasTensor:
+    """A residual block's projection shortcut: ``x[:, ::2, ::2, :]``, then a 1×1 conv, stride 1.
+
+    The same function, bit for bit, as ``Conv2D(filters, 1, strides=2, padding="same")`` (a 1×1
+    kernel at stride 2 never pads: output pixel i reads input pixel 2i), with the same weights
+    under the same name. Built this way because TensorFlow 2.21's oneDNN backward kernel for a
+    *strided* 1×1 convolution corrupts the heap on AVX-512/AMX Xeons for a 3-channel input and
+    8 or 16 filters (segfault or ``corrupted size vs. prev_size`` in the first training step;
+    the forward pass is fine). The subsample is a built-in pooling layer with a 1×1 window
+    (no weights, no custom class), so saved models load in safe mode and export to every format.
+    """
+    sub = layers.AveragePooling2D(pool_size=1, strides=2, name=f"{name}_shortcut_subsample")(x)
+    return layers.Conv2D(filters, 1, use_bias=use_bias, name=f"{name}_shortcut")(sub)
+
+
 def residual_block(
     shape: tuple[int, int, int], filters: int, cfg: ModelConfig, *, name: str
 ) -> keras.Model:
     """A ResNet basic block that halves the resolution (in place of conv → max-pool).
 
-    Main path: conv 3×3 stride 2 → BN → ReLU → conv 3×3 → BN; shortcut: conv 1×1 stride 2 → BN;
-    sum, ReLU. Built as a small functional model nested in the Sequential stack, so the stack
-    stays a plain list of layers (``inference_model`` filters it) and saves to ``.h5`` with no
-    custom layer classes. Without batch norm the convolutions get biases instead.
+    Main path: conv 3×3 stride 2 → BN → ReLU → conv 3×3 → BN; shortcut: a 1×1 conv of the
+    input subsampled by 2 (:func:`subsample_shortcut`) → BN; sum, ReLU. Built as a small
+    functional model nested in the Sequential stack, so the stack stays a plain list of layers
+    (``inference_model`` filters it) and saves to ``.h5`` with no custom layer classes. Without
+    batch norm the convolutions get biases instead.
     """
     bn = cfg.batch_norm
 
@@ -65,7 +83,7 @@ def residual_block(
     inp = keras.Input(shape=shape, name=f"{name}_in")
     y = layers.ReLU(name=f"{name}_relu1")(norm(conv(inp, cfg.kernel_size, 2, "conv1"), "conv1"))
     y = norm(conv(y, cfg.kernel_size, 1, "conv2"), "conv2")
-    shortcut = norm(conv(inp, 1, 2, "shortcut"), "shortcut")
+    shortcut = norm(subsample_shortcut(inp, filters, use_bias=not bn, name=name), "shortcut")
     out = layers.ReLU(name=f"{name}_relu2")(layers.Add(name=f"{name}_add")([shortcut, y]))
     return keras.Model(inp, out, name=name)
 

@@ -9,7 +9,8 @@ from mlflow.tracking import MlflowClient
 
 from imgclf.artifacts import PreprocessOutputs
 from imgclf.stages import train
-from imgclf.sweeps.job import TrialLink, run_job
+from imgclf.sweeps.job import run_job
+from imgclf.sweeps.trial import TrialLink
 from tests.conftest import TINY_CLASSES, draw_class_image, tiny_config
 
 EPOCHS = 8
@@ -33,6 +34,7 @@ def _write_tensors(pre: PreprocessOutputs) -> dict[str, np.ndarray]:
     pre.root.mkdir(parents=True)
     pre.save_dataset(arrays)
     pre.write_classes(list(TINY_CLASSES))
+    pre.write_input_spec({"image_height": 32, "image_width": 48, "fit": CFG.data.fit})
     return {k: v for k, v in arrays.items() if not k.endswith("_test")}
 
 
@@ -45,13 +47,12 @@ def fits(tmp_path_factory):
     mp.setenv("MLFLOW_TRACKING_URI", uri)
     mp.chdir(work)
     pre = PreprocessOutputs(work / "preprocess")
-    arrays = _write_tensors(pre)
+    _write_tensors(pre)
     stage = train.run(CFG, in_dir=pre.root, out_dir=work / "train")
-    study = optuna.create_study(direction="maximize")
-    link = TrialLink(trial=study.ask(), objective="val_accuracy", study_name="loop")
-    job = run_job(
-        CFG, arrays, list(TINY_CLASSES), parent_run_id=None, run_name="trial-0", tags={}, link=link
-    )
+    storage = f"sqlite:///{work / 'optuna.db'}"  # the job reaches its trial through storage
+    study = optuna.create_study(study_name="loop", storage=storage, direction="maximize")
+    link = TrialLink(storage, "loop", study.ask().number, "val_accuracy", {"name": "none"})
+    job = run_job(CFG, pre.root, parent_run_id=None, run_name="trial-0", tags={}, link=link)
     yield {"client": MlflowClient(uri), "stage": stage, "job": job, "study": study}
     mp.undo()
 

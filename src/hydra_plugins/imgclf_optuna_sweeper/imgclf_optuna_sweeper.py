@@ -13,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from imgclf.sweeps.settings import PrunerSettings, SamplerSettings, StudySettings
 
@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ImgclfOptunaSweeperConf(StudySettings):
-    """StudySettings (study, storage, objective, sampler, pruner, heartbeats) plus these keys."""
+    """StudySettings (study, storage, objective(s), direction(s), sampler, pruner...) + these."""
 
     _target_: str = "hydra_plugins.imgclf_optuna_sweeper.imgclf_optuna_sweeper.ImgclfOptunaSweeper"
     # Where the best overrides go; null: <primary conf dir>/experiment/best.yaml
@@ -40,7 +40,7 @@ ConfigStore.instance().store(
 
 
 class ImgclfOptunaSweeper(Sweeper):
-    """Asks Optuna for each trial's overrides and runs it with Hydra's launcher, in-process."""
+    """Asks Optuna for each trial's overrides and runs them with Hydra's configured launcher."""
 
     def __init__(self, **settings: Any) -> None:
         self.settings = settings
@@ -58,11 +58,12 @@ class ImgclfOptunaSweeper(Sweeper):
         )
 
     def sweep(self, arguments: list[str]) -> Any:
-        from imgclf.sweeps.optimize import optimize
+        from imgclf.errors import ImgclfError
+        from imgclf.sweeps.optimize import Launch, StudyIncompleteError, optimize
 
         assert self.config is not None and self.hydra_context is not None
         raw: dict[str, Any] = {
-            k: OmegaConf.to_container(v) if isinstance(v, DictConfig) else v
+            k: OmegaConf.to_container(v) if isinstance(v, DictConfig | ListConfig) else v
             for k, v in self.settings.items()
         }
         params = {str(k): str(v) for k, v in (raw.pop("params", None) or {}).items()}
@@ -81,26 +82,44 @@ class ImgclfOptunaSweeper(Sweeper):
             except Exception:  # noqa: BLE001 - not a group name at all
                 return False
 
-        def launch(overrides: list[str], job_idx: int) -> Any:
-            # The trial number as job index: unique in the study, so processes sharing a
-            # sweep dir never write into each other's job folders.
-            return self.launcher.launch([tuple(overrides)], initial_job_idx=job_idx)[0]
+        def run(jobs: list[list[str]], first: int) -> Any:
+            return self.launcher.launch([tuple(j) for j in jobs], initial_job_idx=first)
 
-        outcome = optimize(
-            settings,
-            params,
-            arguments,
-            launch=launch,
-            experiment_name=str(OmegaConf.select(self.config, "mlflow.experiment_name")),
-            max_epochs=OmegaConf.select(self.config, "train.epochs"),
-            best_config=Path(best) if best else _default_best_config(self.config),
-            is_group=is_group,
+        sweep_dir = OmegaConf.to_container(self.config.hydra.sweep, resolve=False)
+        subdir = sweep_dir.get("subdir") if isinstance(sweep_dir, dict) else None
+        launch = Launch(
+            run=run,
+            batch_size=settings.n_jobs or _launcher_jobs(self.config),
+            subdir_per_trial=subdir == "${hydra.job.num}",
         )
-        if outcome.restart:
+        experiment = settings.experiment_name or OmegaConf.select(
+            self.config, "mlflow.experiment_name", default=None
+        )
+        try:
+            return optimize(
+                settings,
+                params,
+                arguments,
+                launch=launch,
+                experiment_name=str(experiment) if experiment else None,
+                max_epochs=OmegaConf.select(self.config, "train.epochs", default=None),
+                best_config=Path(best) if best else _default_best_config(self.config),
+                is_group=is_group,
+            )
+        except (ImgclfError, StudyIncompleteError) as exc:
+            # One line, not Hydra's traceback; a non-zero exit tells a worker's script.
             sys.stdout.flush()
-            sys.stderr.flush()
-            os.execv(sys.executable, [sys.executable, *sys.argv])
-        return outcome
+            sys.stderr.write(f"imgclf_optuna: {exc}\n")
+            sys.exit(1)
+
+
+def _launcher_jobs(config: DictConfig) -> int:
+    """How many jobs the configured launcher runs at once (joblib's n_jobs; else one)."""
+    n = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None)
+    if n is None:
+        return 1
+    n = int(n)
+    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)  # joblib: -1 = all CPUs
 
 
 def _default_best_config(config: DictConfig) -> Path | None:

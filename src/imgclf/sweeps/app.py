@@ -27,15 +27,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgclf import interrupts, tracking
 from imgclf.compose import ENV_CONF_DIR, FIX_OVERRIDE, conf_dir
-from imgclf.config import Config, config_from_dict
+from imgclf.config import config_from_dict
 from imgclf.errors import EXIT_USER_ERROR, ImgclfError
 from imgclf.lineage import lineage_tags
-from imgclf.sweeps.job import STATE, load_arrays, preprocess_dir, run_job
+from imgclf.sweeps.job import preprocess_dir, run_job
+from imgclf.sweeps.trial import TrialLink
 
 log = logging.getLogger(__name__)
 
 
 # --- the Hydra app ----------------------------------------------------------------------------
+
+ENV_GRID_PARENT = "IMGCLF_GRID_PARENT_RUN_ID"
 
 
 def task(dcfg: DictConfig) -> dict[str, float]:
@@ -54,68 +57,82 @@ def task(dcfg: DictConfig) -> dict[str, float]:
     hc = HydraConfig.get()
     overrides = [str(o) for o in hc.overrides.task]
     multirun = hc.mode == RunMode.MULTIRUN
-    arrays, classes = load_arrays(cfg, preprocess_dir())
-    link = STATE.link
+    # The sweeper or the grid callback hands the job its parent run and trial through the
+    # environment, which every launcher passes on (in-process, joblib workers, submitit).
+    link = TrialLink.from_env()
     parent = None
-    if multirun:
-        parent = STATE.parent_run_id or _open_grid_parent(cfg, str(hc.sweep.dir))
     if link is not None:
-        run_name = f"trial-{link.trial.number}-{link.study_name}"
+        parent = link.parent_run_id
+        run_name = f"trial-{link.number}-{link.study_name}"
+    elif multirun:
+        parent = os.environ.get(ENV_GRID_PARENT)
+        run_name = f"job-{hc.job.num}"
     else:
-        run_name = f"job-{hc.job.num}" if multirun else "imgclf-train"
+        run_name = "imgclf-train"
     tags = {
         **lineage_tags(),
         "stage": "sweep" if multirun else "imgclf-train",
         "imgclf.overrides": " ".join(overrides)[:5000],
     }
     if link is not None:
-        tags |= {"optuna.study": link.study_name, "optuna.trial": str(link.trial.number)}
+        tags |= {"optuna.study": link.study_name, "optuna.trial": str(link.number)}
+    elif multirun:
+        tags["imgclf.job"] = str(hc.job.num)
     result = run_job(
-        cfg, arrays, classes, parent_run_id=parent, run_name=run_name, tags=tags, link=link
-    )
-    STATE.rows.append(
-        {
-            "job": hc.job.num if multirun else 0,
-            "val_accuracy": result.val_accuracy,
-            "val_loss": result.val_loss,
-            "epochs": result.epochs_run,
-            "overrides": " ".join(overrides),
-        }
+        cfg, preprocess_dir(), parent_run_id=parent, run_name=run_name, tags=tags, link=link
     )
     return result.metrics()
 
 
-def _open_grid_parent(cfg: Config, sweep_dir: str) -> str:
-    """The parent run of a grid sweep, created by its first job (one sweep = one process)."""
-    STATE.parent_run_id = tracking.open_run(
-        cfg.mlflow.experiment_name,
-        f"sweep-{Path(sweep_dir).name}",
-        tags={"stage": "sweep", "imgclf.sweep_dir": sweep_dir},
-        active=False,  # its jobs are the active runs
-    ).run_id
-    STATE.parent_owned = True
-    return STATE.parent_run_id
+def _is_grid(config: DictConfig) -> bool:
+    target = str(OmegaConf.select(config, "hydra.sweeper._target_", default=""))
+    return "imgclf_optuna" not in target
 
 
 class MlflowSweepCallback(Callback):
-    """Ends a grid sweep's parent run and prints the table of its jobs (``hydra.callbacks``)."""
+    """A grid sweep's parent run: opened before its jobs, ended after with a table of them.
+
+    Wired as ``hydra.callbacks`` in config.yaml; the Optuna sweeper keeps its own parent run.
+    The jobs find the parent in ``$IMGCLF_GRID_PARENT_RUN_ID``, inherited by any launcher's
+    processes.
+    """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        STATE.parent_run_id = None
-        STATE.parent_owned = False
-        STATE.rows.clear()
-        STATE.summary_printed = False
+        if not _is_grid(config):
+            return
+        experiment = str(OmegaConf.select(config, "mlflow.experiment_name"))
+        sweep_dir = str(config.hydra.sweep.dir)
+        os.environ[ENV_GRID_PARENT] = tracking.open_run(
+            experiment,
+            f"sweep-{Path(sweep_dir).name}",
+            tags={**lineage_tags(), "stage": "sweep", "imgclf.sweep_dir": sweep_dir},
+            active=False,  # its jobs are the active runs
+        ).run_id
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         from imgclf.sweeps.report import format_table
 
-        if STATE.parent_owned and STATE.parent_run_id:
-            tracking.end_run_by_id(STATE.parent_run_id)
-            STATE.parent_owned = False
-        if not STATE.summary_printed and STATE.rows:
-            print(format_table(_varying_overrides(STATE.rows)))
-            print(f"{len(STATE.rows)} jobs; MLflow parent run {STATE.parent_run_id}")
-            sys.stdout.flush()
+        parent = os.environ.pop(ENV_GRID_PARENT, None)
+        if parent is None:
+            return
+        tracking.end_run_by_id(parent)
+        rows = [
+            {
+                "job": run["tags"].get("imgclf.job", ""),
+                "status": run["status"],
+                "val_accuracy": run["metrics"].get("best_val_accuracy"),
+                "val_loss": run["metrics"].get("best_val_loss"),
+                "epochs": run["metrics"].get("epochs_run"),
+                "overrides": run["tags"].get("imgclf.overrides", ""),
+            }
+            for run in sorted(
+                tracking.child_runs(parent), key=lambda r: int(r["tags"].get("imgclf.job", 0))
+            )
+        ]
+        if rows:
+            print(format_table(_varying_overrides(rows)))
+        print(f"{len(rows)} jobs; MLflow parent run {parent}")
+        sys.stdout.flush()
 
 
 def _varying_overrides(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -173,7 +190,7 @@ def _one_line_errors(job: Callable[[DictConfig], dict[str, float]]) -> Callable[
         try:
             return job(dcfg)
         except ImgclfError as exc:
-            if STATE.link is not None:
+            if TrialLink.from_env() is not None:
                 raise
             sys.stderr.write(f"imgclf-train: {exc}\n")
             sys.exit(EXIT_USER_ERROR)  # main() ends a grid sweep's parent run FAILED
@@ -183,9 +200,9 @@ def _one_line_errors(job: Callable[[DictConfig], dict[str, float]]) -> Callable[
 
 def _end_grid_parent(status: str) -> None:
     """A grid sweep that stops early ends its parent run truthfully, not left RUNNING."""
-    if STATE.parent_owned and STATE.parent_run_id:
-        STATE.parent_owned = False
+    parent = os.environ.pop(ENV_GRID_PARENT, None)
+    if parent:
         try:
-            tracking.end_run_by_id(STATE.parent_run_id, status)
+            tracking.end_run_by_id(parent, status)
         except Exception:  # noqa: BLE001 - the original error matters more
-            log.exception("could not mark sweep parent run %s %s", STATE.parent_run_id, status)
+            log.exception("could not mark sweep parent run %s %s", parent, status)

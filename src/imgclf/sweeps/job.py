@@ -1,17 +1,18 @@
-"""One sweep job: load the cached train/val tensors, train, score on validation, log one run.
+"""One job: train on the train split in a child process, score on validation, log one run.
 
-The sweeper and the grid callback reach the in-process jobs through :data:`STATE` (the trial
-to report to, the parent run).
+The job's process (Hydra's, in whatever launcher) opens the MLflow run and never imports
+TensorFlow; the training happens in a child (:mod:`.isolate`), which reopens the run to log each
+epoch and, in an Optuna sweep, reports to the trial through the study's storage
+(:mod:`.trial`). A native crash in the child fails this job only.
 """
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
-from dataclasses import dataclass, field
+import signal
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,38 +20,18 @@ from imgclf import tracking
 from imgclf.config import Config, ConfigError, flatten
 from imgclf.errors import MissingInputError
 from imgclf.lineage import project_root
-
-if TYPE_CHECKING:
-    from imgclf.training import TrainingState
+from imgclf.sweeps.isolate import NativeCrashError, call_in_child
+from imgclf.sweeps.trial import TrialLink
 
 log = logging.getLogger(__name__)
 
-ENV_CONF_DIR = "IMGCLF_CONF_DIR"
 ENV_PREPROCESS_DIR = "IMGCLF_PREPROCESS_DIR"
+# Test-only fault: trial numbers (comma-separated) or "all" jobs whose child kills itself with
+# SIGSEGV before training, as a native crash would.
+ENV_TEST_SEGFAULT = "IMGCLF_TEST_SEGFAULT"
 JOB_SECTIONS = ("data", "model", "optimizer", "augment", "train")
-
-
-@dataclass
-class TrialLink:
-    """What the Optuna sweeper hands to the job it launches."""
-
-    trial: Any  # optuna.Trial
-    objective: str
-    study_name: str
-
-
-@dataclass
-class SweepState:
-    """The channel between the sweeper / callback and the in-process jobs."""
-
-    parent_run_id: str | None = None
-    parent_owned: bool = False  # created lazily for a grid sweep: the callback ends it
-    link: TrialLink | None = None
-    rows: list[dict[str, Any]] = field(default_factory=list)
-    summary_printed: bool = False
-
-
-STATE = SweepState()
+# Imported once by the fork server, so each job's child starts with TensorFlow loaded.
+CHILD_PRELOAD = ("tensorflow", "keras", "imgclf.training", "imgclf.sweeps.job")
 
 
 @dataclass
@@ -60,7 +41,9 @@ class JobResult:
     val_loss: float
     best_epoch: int
     epochs_run: int
+    n_params: int = 0
     pruned: bool = False
+    peak_rss_mb: float = 0.0  # the training child's peak resident memory
 
     def metrics(self) -> dict[str, float]:
         """What a job returns to Hydra (and the Optuna sweeper reads its objective from)."""
@@ -69,18 +52,11 @@ class JobResult:
             "val_loss": self.val_loss,
             "best_epoch": float(self.best_epoch),
             "epochs_run": float(self.epochs_run),
+            "n_params": float(self.n_params),
         }
 
 
 # --- data -------------------------------------------------------------------------------------
-
-_ARRAYS: dict[tuple[str, float], tuple[dict[str, np.ndarray], list[str]]] = {}
-
-
-def conf_dir() -> Path:
-    """The Hydra config folder: ``$IMGCLF_CONF_DIR``, else ``<project root>/conf``."""
-    env = os.environ.get(ENV_CONF_DIR)
-    return Path(env).resolve() if env else project_root() / "conf"
 
 
 def preprocess_dir() -> Path:
@@ -94,7 +70,7 @@ def preprocess_dir() -> Path:
 
 
 def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The preprocess stage's cached train/val tensors, loaded once per process.
+    """The preprocess stage's cached train/val tensors (in the job's child process).
 
     The test split is dropped here, so no job can score on it by mistake.
 
@@ -111,13 +87,8 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
             f"{npz} not found: sweeps train on the preprocess stage's tensors; run "
             "`dvc pull data.dvc && dvc repro preprocess` first (or set IMGCLF_PREPROCESS_DIR)"
         )
-    key = (str(npz), npz.stat().st_mtime)
-    if key not in _ARRAYS:
-        _ARRAYS.clear()
-        arrays = pre.load_dataset()
-        subset = {k: v for k, v in arrays.items() if not k.endswith("_test")}
-        _ARRAYS[key] = (subset, pre.read_classes())
-    arrays, classes = _ARRAYS[key]
+    arrays = {k: v for k, v in pre.load_dataset().items() if not k.endswith("_test")}
+    classes = pre.read_classes()
     size = tuple(arrays["x_train"].shape[1:3])
     wanted = (cfg.data.image_height, cfg.data.image_width)
     if size != wanted:
@@ -143,8 +114,7 @@ def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[
 
 def run_job(
     cfg: Config,
-    arrays: dict[str, np.ndarray],
-    classes: list[str],
+    preprocess: Path,
     *,
     parent_run_id: str | None,
     run_name: str,
@@ -153,27 +123,18 @@ def run_job(
 ) -> JobResult:
     """Train on the train split, score on the validation split, log one (child) MLflow run.
 
-    With ``link``, each epoch's ``link.objective`` is reported to the Optuna trial; a pruned
-    trial stops, its run ends KILLED with the tag ``optuna.state=PRUNED``, and
-    :class:`optuna.TrialPruned` is raised. The Keras session is cleared afterwards either way,
-    so memory stays flat across the trials of one process.
+    With ``link``, each epoch's objective is reported to the Optuna trial through its storage; a
+    pruned trial stops, its run ends KILLED with the tag ``optuna.state=PRUNED``, and
+    :class:`optuna.TrialPruned` is raised.
+
+    Raises:
+        NativeCrashError: the training process died (its run ends FAILED).
     """
-    import keras
-
-    from imgclf.training import TrainingState, fit, kept_metrics, prepare
-
     killed_on: tuple[type[BaseException], ...] = ()
-    pruner: Any = None
     if link is not None:
         import optuna
 
-        from imgclf.sweeps.study import pruning_callback
-
         killed_on = (optuna.TrialPruned,)
-        pruner = pruning_callback(link.trial, link.objective)
-    # No checkpoint: a killed trial is retried whole. Early stopping, the kept epoch and the
-    # per-epoch logging are the train stage's own (the loop's callbacks).
-    state = TrainingState()
     with tracking.open_run(
         cfg.mlflow.experiment_name,
         run_name,
@@ -182,27 +143,16 @@ def run_job(
         killed_on=killed_on,
     ) as run_id:
         tracking.log_params(flatten(cfg, JOB_SECTIONS))
-        if link is not None:
-            link.trial.set_user_attr("mlflow_run_id", run_id)
+        if link is not None:  # before training: a crashed trial still names its run
+            link.set_user_attr("mlflow_run_id", run_id)
         try:
-            model, train_ds, val_ds = prepare(cfg, arrays, len(classes))
-            extra = [pruner] if pruner is not None else []
-            fit(model, train_ds, val_ds, cfg.train, state=state, callbacks=extra)
-            del model, train_ds, val_ds
-        finally:
-            # Each trial builds a new graph; without this, TensorFlow keeps every old one.
-            keras.backend.clear_session()
-            gc.collect()
-            _record_trial_resources(link, state)
-        kept = kept_metrics(state.history, state.best_epoch - 1)
-        result = JobResult(
-            run_id=run_id,
-            val_accuracy=kept["val_accuracy"],
-            val_loss=kept["val_loss"],
-            best_epoch=state.best_epoch,
-            epochs_run=state.epochs_done,
-            pruned=pruner is not None and pruner.pruned_at is not None,
-        )
+            result = call_in_child(
+                train_in_child, cfg, preprocess, run_id, link, preload=CHILD_PRELOAD
+            )
+        except NativeCrashError:
+            if link is not None:
+                tracking.set_tags({"optuna.state": "FAIL"})
+            raise
         tracking.log_metrics(
             {
                 "best_epoch": result.best_epoch,
@@ -216,9 +166,7 @@ def run_job(
         if result.pruned:
             import optuna
 
-            raise optuna.TrialPruned(
-                f"pruned after epoch {result.epochs_run}: {link.objective if link else ''}"
-            )
+            raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run}")
     log.info(
         "%s: val_accuracy %.4f, val_loss %.4f (best epoch %d of %d)",
         run_name,
@@ -230,11 +178,48 @@ def run_job(
     return result
 
 
-def _record_trial_resources(link: TrialLink | None, state: TrainingState) -> None:
-    from imgclf.sweeps.study import rss_mb
+def train_in_child(cfg: Config, preprocess: Path, run_id: str, link: TrialLink | None) -> JobResult:
+    """The child's part: load the tensors, train under the loop's callbacks, report, return.
 
-    rss = rss_mb()
-    log.info("memory after job: %.0f MiB resident", rss)
-    if link is not None:
-        link.trial.set_user_attr("epochs_run", state.epochs_done)
-        link.trial.set_user_attr("rss_mb", round(rss, 1))
+    No checkpoint: a killed trial is retried whole. Early stopping, the kept epoch and the
+    per-epoch logging are the train stage's own (the loop's callbacks).
+    """
+    import resource
+
+    from imgclf.sweeps.trial import pruning_callback
+    from imgclf.training import TrainingState, fit, kept_metrics, prepare
+
+    arrays, classes = load_arrays(cfg, preprocess)
+    trial = link.open() if link is not None else None
+    pruner = None
+    if trial is not None and link is not None and link.objective and link.pruner:
+        pruner = pruning_callback(trial, link.objective)
+    state = TrainingState()
+    # Reopened by id: this process logs each epoch into the run its parent opened and ends.
+    with tracking.open_run(cfg.mlflow.experiment_name, "job", run_id=run_id):
+        _test_segfault(link)
+        model, train_ds, val_ds = prepare(cfg, arrays, len(classes))
+        n_params = int(model.count_params())
+        fit(model, train_ds, val_ds, cfg.train, state=state, callbacks=[pruner] if pruner else [])
+    kept = kept_metrics(state.history, state.best_epoch - 1)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if trial is not None:
+        trial.set_user_attr("epochs_run", state.epochs_done)
+        trial.set_user_attr("rss_mb", round(peak, 1))
+    return JobResult(
+        run_id=run_id,
+        val_accuracy=kept["val_accuracy"],
+        val_loss=kept["val_loss"],
+        best_epoch=state.best_epoch,
+        epochs_run=state.epochs_done,
+        n_params=n_params,
+        pruned=pruner is not None and pruner.pruned_at is not None,
+        peak_rss_mb=round(peak, 1),
+    )
+
+
+def _test_segfault(link: TrialLink | None) -> None:
+    wanted = os.environ.get(ENV_TEST_SEGFAULT, "")
+    which = {w.strip() for w in wanted.split(",") if w.strip()}
+    if "all" in which or (link is not None and str(link.number) in which):
+        os.kill(os.getpid(), signal.SIGSEGV)

@@ -1,27 +1,45 @@
-"""The Optuna loop behind the ``imgclf_optuna`` sweeper: trials until the study is full."""
+"""The Optuna loop behind the ``imgclf_optuna`` sweeper: ask, launch, tell until the study is full.
+
+The sweeper asks the study for a batch of trials (as many as the launcher runs at once), turns
+each into Hydra overrides plus a :class:`~imgclf.sweeps.trial.TrialLink` in the job's
+environment, launches the batch with whatever launcher Hydra is configured with, and tells each
+trial its result. The job reaches its trial through the storage only, so the basic launcher
+(in-process), joblib's worker processes and submitit's jobs all work, pruning included.
+
+A worker runs until the study holds ``n_trials`` done (COMPLETE or PRUNED) trials, counting
+those of earlier launches and of other workers: it waits for trials in flight elsewhere, and
+fails and retries the trials of a worker that died (heartbeats). It gives up, saying so and
+exiting non-zero, only once ``max_failures`` trials have failed.
+"""
 
 from __future__ import annotations
 
-import gc
 import logging
+import math
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
+from optuna.trial import TrialState
+
 from imgclf import tracking
-from imgclf.lineage import lineage_tags
-from imgclf.sweeps.job import STATE, TrialLink
+from imgclf.sweeps import report
+from imgclf.sweeps import study as st
+from imgclf.sweeps.settings import StudySettings, SweepConfigError
+from imgclf.sweeps.space import grid_values, parse_search_space, suggest
+from imgclf.sweeps.trial import ENV_TRIAL, TrialLink
+from imgclf.sweeps.workers import Heartbeat, on_stale_trial, study_parent_run, trial_run
 
 log = logging.getLogger(__name__)
 
-PARENT_WAIT_S = 60.0
 
-
-# --- the Optuna loop (run by the imgclf_optuna sweeper) ---------------------------------------
+class StudyIncompleteError(RuntimeError):
+    """The worker stops while the study has fewer than ``n_trials`` done trials."""
 
 
 @dataclass
@@ -29,156 +47,280 @@ class SweepOutcome:
     study_name: str
     done: int
     ran_here: int
-    best_value: float | None
+    best_values: list[float] | None
     best_config: Path | None
     parent_run_id: str
-    restart: bool = False  # max_trials_per_process reached with trials still to run
+
+
+@dataclass
+class Launch:
+    """How the sweeper runs a batch: Hydra's launcher, and how jobs name their folders."""
+
+    run: Callable[[list[list[str]], int], Sequence[Any]]  # (overrides per job, first index)
+    batch_size: int
+    subdir_per_trial: bool  # hydra.sweep.subdir is Hydra's default ${hydra.job.num}
 
 
 def optimize(
-    settings: Any,
-    params: dict[str, str],
+    settings: StudySettings,
+    params: Mapping[str, str],
     arguments: Sequence[str],
     *,
-    launch: Callable[[list[str], int], Any],
-    experiment_name: str,
+    launch: Launch,
+    experiment_name: str | None,
     max_epochs: int | None,
     best_config: Path | None,
     is_group: Callable[[str], bool],
 ) -> SweepOutcome:
-    """Run trials until the study holds ``n_trials`` done (COMPLETE or PRUNED) trials.
+    """Run trials until the study holds ``n_trials`` done trials; report it on its parent run.
 
-    ``launch(overrides, job_idx)`` runs one Hydra job and returns its ``JobReturn``. The study
-    is created or resumed in ``settings.storage``; the count includes trials from earlier
-    launches and from other processes, so a relaunch tops the study up and parallel workers
-    share the work. Trials RUNNING in a dead process are failed and retried by the heartbeat.
+    Raises:
+        SweepConfigError: a setting or a job's return value cannot work (names which).
+        StudyIncompleteError: ``max_failures`` trials failed before the study was full.
     """
-    import optuna
-    from hydra.core.utils import JobStatus
-
-    from imgclf.sweeps import report
-    from imgclf.sweeps import study as st
-
     settings.check()
-    space, fixed = st.parse_search_space(params, arguments)
+    space, fixed = parse_search_space(params, arguments)
     if not space:
-        raise st.SweepConfigError(
+        raise SweepConfigError(
             "nothing to search: give hydra.sweeper.params (e.g. sweep=cnn) or choice()/"
             "interval() overrides"
         )
-    url = settings.storage or st.default_storage_url()
-    on_stale = _on_stale_trial(settings.max_retry, experiment_name)
+    grid = grid_values(space) if settings.sampler.name == "grid" else None
+    n_trials = settings.n_trials
+    if grid is not None and math.prod(len(v) for v in grid.values()) < n_trials:
+        n_trials = math.prod(len(v) for v in grid.values())
+        log.info("the grid has %d points: n_trials capped to it", n_trials)
+    url = st.storage_url(settings.storage)
+    experiment = experiment_name or settings.study_name
     storage = st.make_storage(
         url,
         heartbeat_interval=settings.heartbeat_interval,
         grace_period=settings.grace_period,
-        on_stale=on_stale,
+        on_stale=on_stale_trial(settings.max_retry, experiment),
     )
-    study, created = st.open_study(settings, storage, max_epochs)
-    parent = _study_parent_run(study, created, experiment_name, url)
-    STATE.parent_run_id, STATE.parent_owned = parent, False
+    pruner = st.make_pruner(settings.pruner, max_epochs)
+    study, created = st.open_study(
+        settings, storage, st.make_sampler(settings.sampler, grid), pruner
+    )
+    parent = study_parent_run(study, created, experiment, url)
+    report.log_search_space(parent, settings, space, url)
     log.info(
         "study %r in %s: %d/%d done; searching %s",
         settings.study_name,
         st.redact(url),
         st.count_trials(study)[0],
-        settings.n_trials,
+        n_trials,
         ", ".join(space),
     )
-
-    class _Surplus(Exception):
-        pass
-
-    def objective(trial: optuna.Trial) -> float:
-        if st.is_surplus(study, trial.number, settings.n_trials):
-            trial.set_user_attr("surplus", True)
-            raise _Surplus(f"trial {trial.number}: the study already has its n_trials")
-        overrides = [*fixed, *st.suggest(trial, space)]
-        trial.set_user_attr("overrides", overrides)
-        STATE.link = TrialLink(trial, settings.objective, settings.study_name)
-        try:
-            ret = launch(overrides, trial.number)
-        finally:
-            STATE.link = None
-        if ret.status == JobStatus.FAILED:
-            # JobReturn.return_value would also print "Error executing job" for a pruned trial
-            raise ret._return_value
-        return float(ret.return_value[settings.objective])
-
-    ran = 0
+    link_base = TrialLink(
+        storage=url,
+        study_name=settings.study_name,
+        number=-1,
+        objective=(settings.objectives() or [""])[0] or None if settings.prunes() else None,
+        pruner=vars(settings.pruner) if settings.prunes() else None,
+        max_epochs=max_epochs,
+        parent_run_id=parent,
+    )
+    heartbeat = Heartbeat(storage, settings.heartbeat_interval)
+    ran, complete = 0, False
     while True:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        done, running = st.count_trials(study)
-        if done + running >= settings.n_trials:
+        done, _, failed = st.count_trials(study)
+        running = sum(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False))
+        if done >= n_trials:
+            complete = True
             break
-        if settings.max_trials_per_process and ran >= settings.max_trials_per_process:
-            # TensorFlow keeps ~20 MiB per trained model even after clear_session(); a fresh
-            # process resumes the study with all of it given back.
-            log.info("%d trials in this process: restarting it to free memory", ran)
-            best = report.best_trial(study)
-            value = best.value if best else None
-            return SweepOutcome(settings.study_name, done, ran, value, None, parent, restart=True)
-        study.optimize(objective, n_trials=1, catch=(FloatingPointError, _Surplus))
-        ran += 1
-        gc.collect()
-    done, running = st.count_trials(study)
+        if failed > settings.failures_allowed():
+            break
+        free = min(launch.batch_size, n_trials - done - running)
+        if free <= 0:  # the rest is in flight in other workers: wait, or retry a dead one's
+            time.sleep(min(5.0, settings.heartbeat_interval))
+            continue
+        batch = _ask(study, free, n_trials, space, fixed, heartbeat)
+        if batch:
+            _run_batch(study, batch, launch, link_base, settings, heartbeat, experiment)
+            ran += len(batch)
+    return _finish(study, settings, parent, complete, ran, best_config, is_group, n_trials)
+
+
+def _ask(
+    study: optuna.Study,
+    n: int,
+    n_trials: int,
+    space: Mapping[str, Any],
+    fixed: list[str],
+    heartbeat: Heartbeat,
+) -> list[tuple[optuna.Trial, list[str]]]:
+    """Up to ``n`` new trials with their overrides (a retried trial's stored parameters first)."""
+    batch = []
+    for _ in range(n):
+        with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize"
+            warnings.simplefilter("ignore", UserWarning)
+            trial = study.ask()
+        heartbeat.add(trial._trial_id)  # a trial with no beat is never found stale
+        if st.is_surplus(study, trial.number, n_trials):
+            # Two workers saw the same free slot; the later-numbered trial never trains.
+            trial.set_user_attr("surplus", True)
+            heartbeat.remove(trial._trial_id)
+            study.tell(trial, state=TrialState.FAIL)
+            break
+        overrides = [*fixed, *suggest(trial, space)]
+        trial.set_user_attr("overrides", overrides)
+        batch.append((trial, overrides))
+    return batch
+
+
+def _run_batch(
+    study: optuna.Study,
+    batch: list[tuple[optuna.Trial, list[str]]],
+    launch: Launch,
+    link_base: TrialLink,
+    settings: StudySettings,
+    heartbeat: Heartbeat,
+    experiment: str,
+) -> None:
+    from dataclasses import replace
+
+    from imgclf.sweeps.space import quote
+
+    jobs = []
+    for trial, overrides in batch:
+        link = replace(link_base, number=trial.number)
+        extra = [f"++hydra.job.env_set.{ENV_TRIAL}={quote(link.to_env())}"]
+        if launch.subdir_per_trial:  # unique across workers sharing a sweep dir
+            extra.append(f"hydra.sweep.subdir={trial.number}")
+        jobs.append([*overrides, *extra])
+    try:
+        with heartbeat.running():
+            returns: Sequence[Any] = launch.run(jobs, batch[0][0].number)
+    except BaseException as exc:
+        for trial, _ in batch:
+            _tell_failed(study, trial, f"launcher: {type(exc).__name__}: {exc}")
+            heartbeat.remove(trial._trial_id)
+        if isinstance(exc, Exception) and not isinstance(exc, SweepConfigError):
+            log.error("the launcher failed for trials %s: %s", [t.number for t, _ in batch], exc)
+            return  # e.g. a joblib worker killed by a signal: those trials FAIL, the sweep goes on
+        raise
+    for (trial, _), ret in zip(batch, returns, strict=True):
+        heartbeat.remove(trial._trial_id)
+        _tell(study, trial, ret, settings, experiment, link_base.parent_run_id)
+
+
+def _tell(
+    study: optuna.Study,
+    trial: optuna.Trial,
+    ret: Any,
+    settings: StudySettings,
+    experiment: str,
+    parent: str | None,
+) -> None:
+    from hydra.core.utils import JobStatus
+
+    if ret.status == JobStatus.COMPLETED:
+        try:
+            values = objective_values(ret.return_value, settings)
+        except SweepConfigError:
+            _tell_failed(study, trial, "the job's return value holds no objective")
+            raise
+        if all(math.isfinite(v) for v in values):
+            study.tell(trial, values)
+        else:
+            _tell_failed(study, trial, f"objective not finite: {values}")
+    else:
+        # JobReturn.return_value would re-raise; the job's own exception is kept here.
+        exc = ret._return_value
+        if isinstance(exc, optuna.TrialPruned):
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            _tell_failed(study, trial, f"{type(exc).__name__}: {exc}")
+    frozen = study._storage.get_trial(trial._trial_id)
+    if "mlflow_run_id" not in frozen.user_attrs and parent is not None:
+        trial_run(frozen, study.study_name, experiment, parent, settings.objectives())
+
+
+def _tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
+    try:
+        trial.set_user_attr("error", reason.splitlines()[0][:500] if reason else "")
+        study.tell(trial, state=TrialState.FAIL)
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
+        log.debug("trial %d already finished", trial.number)
+
+
+def objective_values(value: Any, settings: StudySettings) -> list[float]:
+    """The objective value(s) in what a job returned: a number, numbers, or a dict holding them.
+
+    Raises:
+        SweepConfigError: the value holds no objective (names the keys it does hold).
+    """
+    keys = settings.objectives()
+    n = len(settings.directions())
+    if isinstance(value, Mapping):
+        if keys is None:
+            raise SweepConfigError(
+                f"the job returned a dict with {sorted(map(str, value))}: set "
+                "hydra.sweeper.objective to the key (or keys) to optimise"
+            )
+        missing = [k for k in keys if k not in value]
+        if missing:
+            raise SweepConfigError(
+                f"hydra.sweeper.objective {missing} not in what the job returned: "
+                f"{sorted(map(str, value))}"
+            )
+        values = [value[k] for k in keys]
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        values = [value]
+    elif isinstance(value, Sequence) and not isinstance(value, str):
+        values = list(value)
+    else:
+        raise SweepConfigError(
+            f"the job returned {type(value).__name__}: return a number, a list of numbers "
+            "(one per direction) or a dict holding hydra.sweeper.objective"
+        )
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError) as exc:
+        raise SweepConfigError(f"the job's objective is not a number: {values}") from exc
+    if len(floats) != n:
+        raise SweepConfigError(
+            f"the job returned {len(floats)} objective value(s) for {n} direction(s)"
+        )
+    return floats
+
+
+def _finish(
+    study: optuna.Study,
+    settings: StudySettings,
+    parent: str,
+    complete: bool,
+    ran: int,
+    best_config: Path | None,
+    is_group: Callable[[str], bool],
+    n_trials: int,
+) -> SweepOutcome:
+    done, running, failed = st.count_trials(study)
     path = None
-    if best_config is not None and report.write_best_config(best_config, study, is_group):
+    if best_config is not None and report.write_best_config(
+        best_config, study, is_group, settings.pareto_tolerance
+    ):
         path = best_config
     try:
-        report.log_study_report(study, parent)
+        report.log_study_report(study, parent, settings.pareto_tolerance)
     finally:
         if running == 0:
-            tracking.end_run_by_id(parent)
-    STATE.summary_printed = True
-    print(report.summary_text(study))
+            tracking.end_run_by_id(parent, "FINISHED" if complete else "FAILED")
+    print(report.summary_text(study, settings.pareto_tolerance))
     print(f"MLflow parent run {parent}" + (f"; best config: {path}" if path else ""))
     sys.stdout.flush()
-    best = report.best_trial(study)
-    return SweepOutcome(settings.study_name, done, ran, best.value if best else None, path, parent)
-
-
-def _study_parent_run(study: Any, created: bool, experiment_name: str, url: str) -> str:
-    """The study's MLflow parent run: opened by the study's creator, reopened by the others."""
-    from imgclf.sweeps import study as st
-
-    tags = {
-        **lineage_tags(),
-        "stage": "sweep",
-        "optuna.study": study.study_name,
-        "optuna.storage": st.redact(url),
-    }
-    run_id = study.user_attrs.get(st.PARENT_ATTR)
-    # A study created a moment ago by another process gets its parent run id right away; one
-    # with trials but no id was made outside a sweep (or its creator died): do not wait then.
-    fresh = not created and not study.get_trials(deepcopy=False)
-    deadline = time.monotonic() + (PARENT_WAIT_S if fresh else 0)
-    while run_id is None and time.monotonic() < deadline:  # the creator is about to set it
-        time.sleep(1.0)
-        run_id = study.user_attrs.get(st.PARENT_ATTR)
-    parent = tracking.open_run(
-        experiment_name, f"optuna-{study.study_name}", run_id=run_id, tags=tags, active=False
-    ).run_id
-    if parent != run_id:
-        study.set_user_attr(st.PARENT_ATTR, parent)
-    return parent
-
-
-def _on_stale_trial(max_retry: int, experiment_name: str) -> Callable[[Any, Any], None]:
-    """Heartbeat-stale trial: retry its parameters and mark its MLflow run FAILED."""
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
-
-    retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-
-    def on_stale(study: Any, trial: Any) -> None:
-        log.warning("trial %d lost its heartbeat (killed sweep?): FAIL, retrying", trial.number)
-        retry(study, trial)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            tracking.configure(experiment_name)
-            tracking.set_run_tags(run_id, {"optuna.state": "FAIL"})
-            tracking.end_run_by_id(run_id, "FAILED")
-
-    return on_stale
+    if not complete:
+        raise StudyIncompleteError(
+            f"study {study.study_name!r} is incomplete: {done}/{n_trials} trials done, "
+            f"{failed} failed (hydra.sweeper.max_failures={settings.failures_allowed()}); "
+            "see the FAIL trials' error attribute and their MLflow runs"
+        )
+    best = report.chosen_trial(study, settings.pareto_tolerance)
+    return SweepOutcome(
+        settings.study_name, done, ran, list(best.values) if best else None, path, parent
+    )

@@ -1,4 +1,11 @@
-"""A study's results: the best trial, ``best.yaml``, the table of trials and the parent's plots."""
+"""A study's results: the chosen trial, ``best.yaml``, the table of trials, the parent run's report.
+
+The chosen trial of a single-objective study is its best. Of a multi-objective study
+(``direction: [maximize, minimize]``, e.g. accuracy against model size) it is taken from the
+Pareto front by one rule: the trials whose first objective is within ``pareto_tolerance`` of the
+front's best first objective, and of those the best on the second objective (then the third...).
+With the default tolerance 0 that is the best first objective, ties broken by the next ones.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,7 @@ import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import yaml
@@ -15,7 +22,13 @@ from optuna.trial import FrozenTrial
 
 from imgclf import tracking
 from imgclf.fileio import write_text
-from imgclf.sweeps.study import format_value
+from imgclf.sweeps.space import describe, format_value
+from imgclf.sweeps.study import OBJECTIVE_ATTR, redact
+
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+
+    from imgclf.sweeps.settings import StudySettings
 
 log = logging.getLogger(__name__)
 
@@ -23,12 +36,26 @@ log = logging.getLogger(__name__)
 # --- results ----------------------------------------------------------------------------------
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best COMPLETE trial, or None when there is none yet."""
-    try:
-        return study.best_trial
-    except ValueError:
+def chosen_trial(study: optuna.Study, tolerance: float = 0.0) -> FrozenTrial | None:
+    """The best COMPLETE trial, or the one the Pareto rule above picks; None before any."""
+    front = study.best_trials
+    if not front:
         return None
+    signs = [1.0 if d.name == "MINIMIZE" else -1.0 for d in study.directions]
+    best_first = min(signs[0] * t.values[0] for t in front)
+    near = [t for t in front if signs[0] * t.values[0] <= best_first + tolerance]
+    rest = signs[1:]
+    return min(
+        near, key=lambda t: ([s * v for s, v in zip(rest, t.values[1:], strict=True)], t.number)
+    )
+
+
+def objective_names(study: optuna.Study) -> list[str]:
+    """What each objective value is called (the job's keys, else value, value_1...)."""
+    stored = study.user_attrs.get(OBJECTIVE_ATTR)
+    names = [stored] if isinstance(stored, str) else list(stored or [])
+    n = len(study.directions)
+    return names if len(names) == n else ["value"] + [f"value_{i}" for i in range(1, n)]
 
 
 def best_config_text(overrides: Sequence[str], is_group: Callable[[str], bool], header: str) -> str:
@@ -56,19 +83,22 @@ def best_config_text(overrides: Sequence[str], is_group: Callable[[str], bool], 
 
 
 def write_best_config(
-    path: Path, study: optuna.Study, is_group: Callable[[str], bool]
+    path: Path, study: optuna.Study, is_group: Callable[[str], bool], tolerance: float = 0.0
 ) -> FrozenTrial | None:
-    """Write the best trial's overrides as an experiment config (atomically); return the trial."""
-    best = best_trial(study)
+    """Write the chosen trial's overrides as an experiment config (atomically); return it."""
+    best = chosen_trial(study, tolerance)
     if best is None:
         log.warning("no COMPLETE trial in study %s yet: %s not written", study.study_name, path)
         return None
     overrides = best.user_attrs.get("overrides") or [
         f"{k}={format_value(v)}" for k, v in best.params.items()
     ]
+    values = ", ".join(
+        f"{k}={v:.6g}" for k, v in zip(objective_names(study), best.values, strict=True)
+    )
+    rule = "" if len(best.values) == 1 else f" (Pareto rule, tolerance {tolerance:g})"
     header = (
-        f"Best of Optuna study {study.study_name!r}: trial {best.number}, "
-        f"{study.user_attrs.get('objective', 'objective')}={best.value:.4f}.\n"
+        f"Best of Optuna study {study.study_name!r}{rule}: trial {best.number}, {values}.\n"
         "Written by the imgclf_optuna sweeper; reproduce through the whole pipeline with\n"
         "  dvc exp run -S +experiment=best"
     )
@@ -78,17 +108,19 @@ def write_best_config(
 
 
 def summary_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial: number, state, value, epochs run, RSS after it, params."""
+    """One row per trial: number, state, value(s), epochs run, peak RSS of its job, params."""
     rows = []
+    names = objective_names(study)
     for t in study.get_trials(deepcopy=False):
+        values = t.values or [None] * len(names)
         rows.append(
             {
                 "trial": t.number,
                 "state": t.state.name,
-                "value": t.value,
+                **dict(zip(names, values, strict=True)),
                 "epochs": t.user_attrs.get("epochs_run"),
                 "rss_mb": t.user_attrs.get("rss_mb"),
-                "params": " ".join(f"{k}={format_value(v)}" for k, v in t.params.items()),
+                "params": _params(t),
             }
         )
     return rows
@@ -114,36 +146,97 @@ def format_table(rows: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def summary_text(study: optuna.Study) -> str:
-    """The table of all the study's trials plus totals (epochs spent, best value)."""
+def summary_text(study: optuna.Study, tolerance: float = 0.0) -> str:
+    """The table of all the study's trials plus totals (epochs spent, the chosen trial)."""
     rows = summary_rows(study)
     done = [r for r in rows if r["state"] in ("COMPLETE", "PRUNED")]
     epochs = sum(int(r["epochs"] or 0) for r in rows)
-    best = best_trial(study)
-    objective = study.user_attrs.get("objective", "value")
     tail = (
         f"study {study.study_name!r}: {len(done)} done "
         f"({sum(r['state'] == 'PRUNED' for r in rows)} pruned), {len(rows)} in all, "
         f"{epochs} epochs spent"
     )
+    best = chosen_trial(study, tolerance)
     if best is not None:
-        tail += f"; best trial {best.number}: {objective}={best.value:.4f}"
+        values = ", ".join(
+            f"{k}={v:.4f}" for k, v in zip(objective_names(study), best.values, strict=True)
+        )
+        tail += f"; best trial {best.number}: {values}"
+        if len(best.values) > 1:
+            tail += f" (of {len(study.best_trials)} on the Pareto front)"
     return f"{format_table(rows)}\n{tail}"
 
 
-def log_study_report(study: optuna.Study, parent_run_id: str) -> None:
-    """Optuna's plots (history, importances, intermediate values) and the table on the parent."""
+def log_search_space(
+    parent: str, settings: StudySettings, space: Mapping[str, BaseDistribution], url: str
+) -> None:
+    """The search space and the study's settings as the parent run's params."""
+    params: dict[str, Any] = {f"space.{k}": describe(d) for k, d in space.items()}
+    params |= {
+        "study.name": settings.study_name,
+        "study.storage": redact(url),
+        "study.direction": ",".join(settings.directions()),
+        "study.objective": ",".join(settings.objectives() or ["(returned value)"]),
+        "study.n_trials": settings.n_trials,
+        "study.sampler": settings.sampler.name,
+        "study.pruner": settings.pruner.name if settings.prunes() else "none",
+    }
+    try:
+        tracking.log_to(parent, params=params)
+    except Exception as exc:  # noqa: BLE001 - MLflow params are immutable: a changed relaunch
+        log.warning("the parent run keeps its first search space (%s)", str(exc).splitlines()[0])
+
+
+def parent_metrics(study: optuna.Study, tolerance: float) -> dict[str, float]:
+    """The parent run's metrics: the chosen trial and its value(s), and trial counts."""
+    trials = study.get_trials(deepcopy=False)
+    metrics: dict[str, float] = {
+        f"n_{state.lower()}": float(sum(t.state.name == state for t in trials))
+        for state in ("COMPLETE", "PRUNED", "FAIL")
+    }
+    best = chosen_trial(study, tolerance)
+    if best is not None:
+        metrics["best_trial"] = float(best.number)
+        for name, value in zip(objective_names(study), best.values, strict=True):
+            metrics[f"best_{name}"] = float(value)
+        if len(best.values) > 1:
+            metrics["pareto_size"] = float(len(study.best_trials))
+    return metrics
+
+
+def pareto_text(study: optuna.Study) -> str:
+    """The Pareto-optimal trials as a table."""
+    names = objective_names(study)
+    rows = [
+        {"trial": t.number, **dict(zip(names, t.values, strict=True)), "params": _params(t)}
+        for t in sorted(study.best_trials, key=lambda t: t.number)
+    ]
+    return format_table(rows)
+
+
+def _params(t: FrozenTrial) -> str:
+    return " ".join(f"{k}={format_value(v)}" for k, v in t.params.items())
+
+
+def log_study_report(study: optuna.Study, parent_run_id: str, tolerance: float = 0.0) -> None:
+    """The parent run's metrics, Optuna's plots and the tables of trials (and Pareto front)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as ovm
 
-    plots: dict[str, Callable[[optuna.Study], Any]] = {
-        "optimization_history": ovm.plot_optimization_history,
-        "param_importances": ovm.plot_param_importances,
-        "intermediate_values": ovm.plot_intermediate_values,
-    }
+    tracking.log_to(parent_run_id, metrics=parent_metrics(study, tolerance))
+    multi = len(study.directions) > 1
+    plots: dict[str, Callable[[optuna.Study], Any]] = (
+        {"pareto_front": lambda s: ovm.plot_pareto_front(s, target_names=objective_names(s))}
+        if multi
+        else {
+            "optimization_history": ovm.plot_optimization_history,
+            "param_importances": ovm.plot_param_importances,
+            "intermediate_values": ovm.plot_intermediate_values,
+        }
+    )
     with tempfile.TemporaryDirectory(prefix="imgclf-optuna-") as tmp:
         folder = Path(tmp)
         for name, plot in plots.items():
@@ -157,5 +250,7 @@ def log_study_report(study: optuna.Study, parent_run_id: str) -> None:
             except (ValueError, RuntimeError, ZeroDivisionError) as exc:
                 # e.g. importances need two COMPLETE trials with varying parameters
                 log.info("no %s plot yet: %s", name, exc)
-        write_text(folder / "trials.txt", summary_text(study) + "\n")
+        write_text(folder / "trials.txt", summary_text(study, tolerance) + "\n")
+        if multi:
+            write_text(folder / "pareto_front.txt", pareto_text(study) + "\n")
         tracking.log_artifacts_to(parent_run_id, folder, "optuna")

@@ -1,60 +1,73 @@
-"""Optuna for the ``imgclf_optuna`` Hydra sweeper: storage, sampler, pruner, search space.
-
-Kept apart from the plugin (``hydra_plugins.imgclf_optuna_sweeper``) so the plugin module that
-Hydra imports at every start stays light, and from :mod:`imgclf.sweep` (the job side), which
-only needs :class:`PruningCallback` while a trial runs.
+"""The study in its storage: the URL, the sampler and pruner, creating or joining it, counting.
 
 Why each piece is the way it is:
 
-- Storage is a real RDB URL (default: SQLite ``optuna.db`` beside the MLflow store), so a
-  relaunched sweep resumes its study and several processes (or machines, with PostgreSQL) can
-  share one. SQLite gets a long busy timeout: four processes writing heartbeats and trial
-  states otherwise hit "database is locked".
-- Heartbeats: a sweep killed mid-trial leaves its trial RUNNING; once its heartbeat is older
-  than the grace period, the next process to start a trial fails it (never counted as done),
-  retries its parameters, and marks its MLflow run FAILED.
+- Storage is always a real RDB URL (default: SQLite ``optuna.db`` beside a local MLflow store):
+  every trial's job, in whatever process a launcher runs it, reaches its trial through it, a
+  relaunched sweep resumes its study, and several workers (or machines, with PostgreSQL) share
+  one. SQLite gets a long busy timeout: several processes write heartbeats and trial states.
+- Heartbeats: the worker beats for the trials it launched; a worker killed mid-trial stops
+  beating, and once the grace period has passed another worker fails the trial, retries its
+  parameters (:mod:`.optimize`) and marks its MLflow run FAILED.
 - The sampler is re-seeded per trial with ``seed + trial.number``: a serial sweep is
-  reproducible, and parallel processes sharing a study do not propose identical parameters.
+  reproducible, and parallel workers sharing a study do not propose identical parameters.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
 from imgclf import tracking
-from imgclf.sweeps.settings import (  # noqa: F401 - re-exported for the sweeper and tests
-    OBJECTIVES,
-    PrunerSettings,
-    SamplerSettings,
-    StudySettings,
-    SweepConfigError,
-)
+from imgclf.sweeps.settings import PrunerSettings, SamplerSettings, StudySettings, SweepConfigError
 
 log = logging.getLogger(__name__)
 
 DONE_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 PARENT_ATTR = "mlflow_parent_run_id"
+OBJECTIVE_ATTR = "objective"
+ENV_STORAGE = "IMGCLF_SWEEP_STORAGE"
 SQLITE_TIMEOUT_S = 120
 
 
 # --- storage ---------------------------------------------------------------------------------
+
+
+def storage_url(setting: str | None) -> str:
+    """The study's storage: the setting, else ``$IMGCLF_SWEEP_STORAGE``, else beside MLflow.
+
+    Raises:
+        SweepConfigError: MLflow is a remote server and no storage was given: each machine
+            would silently get a study of its own in its own ``optuna.db``.
+    """
+    url = setting or os.environ.get(ENV_STORAGE)
+    remote = not tracking.tracking_uri().startswith(("sqlite:", "file:", "/"))
+    if url:
+        if remote and url.startswith("sqlite:"):
+            log.warning(
+                "study storage %s is local to this host while MLflow (%s) is shared: other "
+                "machines will not join this study (set a postgresql:// storage to share it)",
+                redact(url),
+                tracking.tracking_uri(),
+            )
+        return url
+    if remote:
+        raise SweepConfigError(
+            f"MLflow tracks to {tracking.tracking_uri()}, a shared server, but the study would "
+            f"live in this host's own optuna.db: set hydra.sweeper.storage (or ${ENV_STORAGE}) "
+            "to the team's postgresql+psycopg://... URL, or to sqlite:///... to keep it local"
+        )
+    return default_storage_url()
 
 
 def default_storage_url() -> str:
@@ -79,11 +92,11 @@ def redact(url: str) -> str:
 def make_storage(
     url: str,
     *,
-    heartbeat_interval: int,
-    grace_period: int,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
     on_stale: Callable[[optuna.Study, FrozenTrial], None] | None = None,
 ) -> optuna.storages.RDBStorage:
-    """An RDB storage with heartbeats; retried while another process creates the tables."""
+    """An RDB storage (with heartbeats when given); retried while another process creates it."""
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite:"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
@@ -158,10 +171,24 @@ class PerTrialSeededSampler(BaseSampler):
         self._current.reseed_rng()
 
 
-def make_sampler(s: SamplerSettings) -> BaseSampler:
-    """Seeded TPE (default) or random search, re-seeded per trial."""
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler, minus its ``study.stop()`` once the grid is done.
+
+    ``stop()`` works only inside ``study.optimize``; the sweeper asks and tells, and caps
+    ``n_trials`` at the grid's size instead.
+    """
+
+    def after_trial(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def make_sampler(s: SamplerSettings, grid: dict[str, list[Any]] | None = None) -> BaseSampler:
+    """Seeded TPE (default), random search or a grid over ``grid``, re-seeded per trial."""
     if s.name == "random":
         return PerTrialSeededSampler(lambda n: optuna.samplers.RandomSampler(seed=s.seed + n))
+    if s.name == "grid":
+        assert grid is not None, "the grid sampler needs the grid"
+        return PerTrialSeededSampler(lambda n: _GridSampler(grid, seed=s.seed + n))
     return PerTrialSeededSampler(
         lambda n: optuna.samplers.TPESampler(seed=s.seed + n, n_startup_trials=s.n_startup_trials)
     )
@@ -182,135 +209,14 @@ def make_pruner(p: PrunerSettings, max_epochs: int | None = None) -> optuna.prun
     return optuna.pruners.NopPruner()
 
 
-# --- search space (Hydra's override grammar) -------------------------------------------------
-
-
-def parse_search_space(
-    params: Mapping[str, str], arguments: Sequence[str]
-) -> tuple[dict[str, BaseDistribution], list[str]]:
-    """Turn ``choice``/``range``/``interval``/``tag(log, interval)`` into Optuna distributions.
-
-    ``params`` is the search-space file (``hydra.sweeper.params``); command-line ``arguments``
-    add to or replace its entries. Plain ``key=value`` overrides are fixed for every trial.
-
-    Returns:
-        The distributions by override key, and the fixed overrides.
-    """
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    merged = {**{str(k): str(v) for k, v in params.items()}}
-    lines = [f"{k}={v}" for k, v in merged.items()]
-    parsed = OverridesParser.create().parse_overrides([*lines, *arguments])
-    space: dict[str, BaseDistribution] = {}
-    fixed: dict[str, str] = {}
-    for ov in parsed:
-        key = ov.get_key_element()
-        space.pop(key, None)
-        fixed.pop(key, None)
-        if ov.is_sweep_override():
-            space[key] = to_distribution(ov)
-        else:
-            fixed[key] = f"{key}={ov.get_value_element_as_str()}"
-    return space, list(fixed.values())
-
-
-def to_distribution(ov: Any) -> BaseDistribution:
-    """One sweep override as an Optuna distribution (names the key when unsupported)."""
-    from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, RangeSweep
-
-    key = ov.get_key_element()
-    value = ov.value()
-    log_scale = "log" in getattr(value, "tags", set())
-    if isinstance(value, ChoiceSweep):
-        if value.shuffle:
-            raise SweepConfigError(f"{key}: shuffle() means nothing to Optuna; drop it")
-        return CategoricalDistribution([_plain(c) for c in value.list])
-    if isinstance(value, RangeSweep):
-        start, stop, step = value.start, value.stop, value.step
-        assert start is not None and stop is not None
-        n = math.ceil((stop - start) / step)
-        if n < 1:
-            raise SweepConfigError(f"{key}: empty range")
-        last = start + (n - 1) * step
-        if all(float(x).is_integer() for x in (start, stop, step)):
-            return IntDistribution(int(start), int(last), step=int(step), log=log_scale)
-        return FloatDistribution(float(start), float(last), step=float(step))
-    if isinstance(value, IntervalSweep):
-        lo, hi = value.start, value.end
-        assert lo is not None and hi is not None
-        if isinstance(lo, int) and isinstance(hi, int) and "float" not in value.tags:
-            return IntDistribution(lo, hi, log=log_scale)
-        return FloatDistribution(float(lo), float(hi), log=log_scale)
-    raise SweepConfigError(f"{key}: {ov.get_value_element_as_str()} is not choice/range/interval")
-
-
-def _plain(value: Any) -> Any:
-    """Choice values must be None/bool/int/float/str for Optuna's storage."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    raise SweepConfigError(f"choice value {value!r}: only scalars can be searched")
-
-
-def suggest(trial: optuna.Trial, space: Mapping[str, BaseDistribution]) -> list[str]:
-    """Ask the trial for every parameter; return them as Hydra overrides."""
-    overrides = []
-    for key, dist in space.items():
-        if isinstance(dist, CategoricalDistribution):
-            value = trial.suggest_categorical(key, dist.choices)
-        elif isinstance(dist, IntDistribution):
-            value = trial.suggest_int(key, dist.low, dist.high, step=dist.step, log=dist.log)
-        elif isinstance(dist, FloatDistribution):
-            value = trial.suggest_float(key, dist.low, dist.high, step=dist.step, log=dist.log)
-        else:  # pragma: no cover - parse_search_space makes only the three above
-            raise SweepConfigError(f"{key}: unsupported distribution {dist}")
-        overrides.append(f"{key}={format_value(value)}")
-    return overrides
-
-
-def format_value(value: Any) -> str:
-    """A value in Hydra's override grammar (floats keep full precision, null for None)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
-# --- pruning ----------------------------------------------------------------------------------
-
-
-def pruning_callback(trial: optuna.Trial, monitor: str) -> Any:
-    """A Keras callback reporting ``monitor`` each epoch to ``trial`` and stopping when pruned.
-
-    It stops training rather than raising inside ``fit``, so Keras finishes the epoch cleanly
-    (the MLflow callback has logged it); the job raises :class:`optuna.TrialPruned` after.
-    """
-    import keras
-
-    class PruningCallback(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.pruned_at: int | None = None
-
-        def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-            value = (logs or {}).get(monitor)
-            if value is None or not math.isfinite(float(value)):
-                return
-            trial.report(float(value), step=epoch)
-            if trial.should_prune():
-                self.pruned_at = epoch
-                self.model.stop_training = True
-
-    return PruningCallback()
-
-
 # --- the study ------------------------------------------------------------------------------
 
 
 def open_study(
-    s: StudySettings, storage: optuna.storages.RDBStorage, max_epochs: int | None
+    s: StudySettings,
+    storage: optuna.storages.RDBStorage,
+    sampler: BaseSampler,
+    pruner: optuna.pruners.BasePruner,
 ) -> tuple[optuna.Study, bool]:
     """Create the study, or load it when it exists; return it and whether we created it.
 
@@ -320,36 +226,41 @@ def open_study(
     kwargs: dict[str, Any] = {
         "study_name": s.study_name,
         "storage": storage,
-        "sampler": make_sampler(s.sampler),
-        "pruner": make_pruner(s.pruner, max_epochs),
+        "sampler": sampler,
+        "pruner": pruner,
     }
+    objective = s.objectives()
     try:
-        study = optuna.create_study(direction=s.direction, **kwargs)  # type: ignore[arg-type]
-        study.set_user_attr("objective", s.objective)
+        study = optuna.create_study(directions=s.directions(), **kwargs)  # type: ignore[arg-type]
+        study.set_user_attr(OBJECTIVE_ATTR, objective[0] if objective and len(objective) == 1
+                            else objective)  # fmt: skip
         return study, True
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(**kwargs)
-    stored = study.direction.name.lower()
-    if stored != s.direction:
+    stored = [d.name.lower() for d in study.directions]
+    if stored != s.directions():
         raise SweepConfigError(
             f"study {s.study_name!r} in {redact(storage.url)} was created to {stored}; "
             f"hydra.sweeper.direction={s.direction}: use another study_name"
         )
-    objective = study.user_attrs.get("objective")
-    if objective not in (None, s.objective):
+    stored_objective = study.user_attrs.get(OBJECTIVE_ATTR)
+    if isinstance(stored_objective, str):
+        stored_objective = [stored_objective]
+    if stored_objective is not None and objective is not None and stored_objective != objective:
         raise SweepConfigError(
-            f"study {s.study_name!r} optimises {objective}, not {s.objective}: "
+            f"study {s.study_name!r} optimises {stored_objective}, not {objective}: "
             "use another study_name"
         )
     return study, False
 
 
-def count_trials(study: optuna.Study) -> tuple[int, int]:
-    """(done, running): COMPLETE + PRUNED count as done; RUNNING ones are in flight."""
+def count_trials(study: optuna.Study) -> tuple[int, int, int]:
+    """(done, running, failed): COMPLETE + PRUNED are done; RUNNING or WAITING ones in flight."""
     trials = study.get_trials(deepcopy=False)
     done = sum(t.state in DONE_STATES for t in trials)
-    running = sum(t.state == TrialState.RUNNING for t in trials)
-    return done, running
+    running = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
+    failed = sum(t.state == TrialState.FAIL and not t.user_attrs.get("surplus") for t in trials)
+    return done, running, failed
 
 
 def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import RunTag
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from imgclf.tracking.store import retrying
@@ -55,6 +55,46 @@ def set_run_tags(run_id: str, tags: Mapping[str, str]) -> None:
 def log_artifacts_to(run_id: str, path: Path, artifact_path: str | None = None) -> None:
     """Log a folder's files to a run that is not the active one."""
     retrying(MlflowClient().log_artifacts, run_id, str(path), artifact_path)
+
+
+def log_to(
+    run_id: str,
+    *,
+    params: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, float] | None = None,
+) -> None:
+    """Log params and metrics to a run that is not the active one (a sweep's parent)."""
+    import time
+
+    now = int(time.time() * 1000)
+    retrying(
+        MlflowClient().log_batch,
+        run_id,
+        metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()],
+        params=[Param(k, str(v)) for k, v in (params or {}).items()],
+    )
+
+
+def child_runs(parent_run_id: str) -> list[dict[str, Any]]:
+    """The runs whose parent is ``parent_run_id``: id, status, params, metrics and tags each."""
+    client = MlflowClient()
+    parent = retrying(client.get_run, parent_run_id)
+    runs = retrying(
+        client.search_runs,
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        max_results=10000,
+    )
+    return [
+        {
+            "run_id": r.info.run_id,
+            "status": r.info.status,
+            "params": dict(r.data.params),
+            "metrics": dict(r.data.metrics),
+            "tags": dict(r.data.tags),
+        }
+        for r in runs
+    ]
 
 
 def run_status(run_id: str) -> str:
