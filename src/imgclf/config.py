@@ -104,6 +104,7 @@ class TrainConfig:
     label_smoothing: float
     threads: int
     refit: bool  # train stage: fit train + val for all epochs
+    deterministic: bool  # TensorFlow's op determinism (BENCHMARKS.md: cost and effect)
 
 
 @dataclass

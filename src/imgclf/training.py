@@ -111,6 +111,10 @@ def prepare(
     from imgclf.model import build_model, compile_model
 
     configure_tensorflow(cfg.train.threads)
+    if cfg.train.deterministic:  # raises on ops that have no deterministic kernel
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.train.seed)
     train_ds, val_ds = make_datasets(arrays, n_classes, cfg.train.batch_size, cfg.train.seed)
     input_shape = tuple(arrays["x_train"].shape[1:])

@@ -1,7 +1,7 @@
 """DVC, the export folder and the registry agree after a real `dvc repro` is killed anywhere.
 
-A tiny DVC project (the project's own dvc.yaml without its code deps, the tiny dataset, 1 epoch,
-h5 + keras only) has its first four stages run in this process and committed to dvc.lock; each
+A tiny DVC project (the project's own dvc.yaml without its code deps, h5 + keras only) holds a
+copy of the session's tiny pipeline with its first four stages committed to dvc.lock; each
 test then runs the real `dvc repro` (which runs `imgclf export`), holds the export at a named
 point (:mod:`imgclf.pauses`), kills processes there with SIGKILL, and runs `dvc repro` again.
 Each test exports with its own ``export.parity_samples``, so each makes a version of its own.
@@ -9,6 +9,7 @@ Each test exports with its own ``export.parity_samples``, so each makes a versio
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -29,8 +30,9 @@ from imgclf import registry, tracking
 from imgclf.artifacts import ExportOutputs, ModelFolder
 from imgclf.config import load_config
 from imgclf.pauses import PAUSE_AT, PAUSE_DIR
-from imgclf.stages import evaluate, export, ingest, preprocess, train
-from tests.conftest import REPO_ROOT, tiny_config, write_params
+from imgclf.stages import export
+from tests.conftest import REPO_ROOT, write_params
+from tests.integration.conftest import copy_trained
 
 BIN = Path(sys.executable).parent
 DVC = str(BIN / "dvc")
@@ -66,26 +68,26 @@ def _env(root: Path, pause: str | None = None) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def project(tiny_dataset, tmp_path_factory):
+def project(trained_tiny, tmp_path_factory):
+    """The session's tiny pipeline as a DVC project whose first four stages are committed."""
     root = tmp_path_factory.mktemp("agreement") / "proj"
-    shutil.copytree(tiny_dataset, root / "data" / "id-cards")
+    root.mkdir()
+    copy_trained(trained_tiny, root)  # its store is the project's own mlruns/, as DVC's runs use
+    (root / "data.dvc").unlink()  # it pins a hash, not a folder this project has
+    shutil.copytree(trained_tiny.data, root / "data" / "id-cards")
     (root / "dvc.yaml").write_text(_project_dvc_yaml(), encoding="utf-8")
     (root / ".pauses").mkdir()
-    cfg = tiny_config(train={"epochs": 1}, export={"formats": ["h5", "keras"]})
+    cfg = dataclasses.replace(
+        trained_tiny.cfg,
+        export=dataclasses.replace(trained_tiny.cfg.export, formats=["h5", "keras"]),
+    )
     write_params(root / "params.yaml", cfg)
     _dvc(root, "init", "--no-scm", "-q")
+    _dvc(root, "commit", "-f", "-q", "ingest", "preprocess", "train", "evaluate")
     mp = pytest.MonkeyPatch()
     for var in ("MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
         mp.delenv(var, raising=False)
-    mp.chdir(root)  # the project's own store, mlruns/, as the stages under DVC use it
-    art, data = Path("artifacts"), Path("data/id-cards")
-    ingest.run(cfg, in_dir=data, out_dir=art / "ingest")
-    preprocess.run(cfg, data_dir=data, ingest_dir=art / "ingest", out_dir=art / "preprocess")
-    train.run(cfg, in_dir=art / "preprocess", out_dir=art / "train")
-    evaluate.run(
-        cfg, preprocess_dir=art / "preprocess", train_dir=art / "train", out_dir=art / "evaluate"
-    )
-    _dvc(root, "commit", "-f", "-q", "ingest", "preprocess", "train", "evaluate")
+    mp.chdir(root)
     tracking.configure()
     yield root
     mp.undo()
@@ -106,14 +108,16 @@ def _start_repro(root: Path, pause: str) -> tuple[subprocess.Popen, int]:
         [DVC, "repro"],
         cwd=root,
         env=_env(root, pause),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=(root / ".pauses" / "repro.log").open("w"),
+        stderr=subprocess.STDOUT,
         start_new_session=True,
     )
     marker = root / ".pauses" / f"{pause}.pid"
     deadline = time.monotonic() + WAIT_S
     while not marker.exists():
-        assert repro.poll() is None, f"dvc repro exited ({repro.returncode}) before {pause}"
+        if repro.poll() is not None:
+            log = (root / ".pauses" / "repro.log").read_text()[-3000:]
+            pytest.fail(f"dvc repro exited ({repro.returncode}) before {pause}:\n{log}")
         assert time.monotonic() < deadline, f"timed out waiting for {pause}"
         time.sleep(0.1)
     time.sleep(0.1)  # the pid is written before the file is closed
