@@ -24,23 +24,32 @@ class ConfidenceRule:
       (default: half the model's shorter input side): stretched to the input size, such an
       image is mostly interpolation blur, unlike the training photos (median shorter side
       360 px on the id-cards data, 123 px the smallest);
-    - or the top probability is under ``min_probability``: the classes look alike to the
-      model, as images unlike the training data often do.
+    - or the top probability is under ``min_probability`` (default: a tenth of the way from
+      chance to certainty, ``1/n + 0.1 * (1 - 1/n)``: 0.40 for three classes): the model
+      can barely tell the classes apart, as with images unlike any class it was trained on.
     The top probability and every class's probability are still reported.
     """
 
-    min_probability: float = 0.5
+    min_probability: float | None = None
     min_side: int | None = None
 
     def min_side_for(self, input_shape: tuple[int, int]) -> int:
         """The minimum side for a model whose input is ``(height, width)``."""
         return self.min_side if self.min_side is not None else min(input_shape) // 2
 
+    def min_probability_for(self, n_classes: int) -> float:
+        """The probability floor for a model with ``n_classes`` outputs."""
+        if self.min_probability is not None:
+            return self.min_probability
+        chance = 1.0 / max(n_classes, 1)
+        return chance + 0.1 * (1.0 - chance)
+
     def judge(self, pred: Prediction, side: int, input_shape: tuple[int, int]) -> Prediction:
         """Mark ``pred`` uncertain when the rule says so (``side``: the image's shorter side)."""
+        floor = self.min_probability_for(len(pred.probabilities or {}))
         if side < self.min_side_for(input_shape):
             pred.uncertain = SMALL_IMAGE
-        elif pred.probability is not None and pred.probability < self.min_probability:
+        elif pred.probability is not None and pred.probability < floor:
             pred.uncertain = LOW_CONFIDENCE
         if pred.uncertain:
             pred.label = UNCERTAIN

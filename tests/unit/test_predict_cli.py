@@ -98,3 +98,19 @@ def test_csv_and_json_round_trip_any_name(model, files, capsysbinary, tmp_path):
     code, out, _ = run(capsysbinary, str(files), "--model", model, "--json")
     listed = json.loads(out)
     assert ODD in {os.path.basename(r["path"]) for r in listed} and len(listed) == 6
+
+
+def test_the_confidence_rule_defaults():
+    from imgclf.answers import LOW_CONFIDENCE, UNCERTAIN, ConfidenceRule, Prediction
+
+    rule = ConfidenceRule()
+    assert rule.min_side_for((64, 96)) == 32 and rule.min_side_for((32, 48)) == 16
+    assert rule.min_probability_for(3) == pytest.approx(0.4)
+    assert rule.min_probability_for(2) == pytest.approx(0.55)
+    probs = {"a": 0.39, "b": 0.31, "c": 0.30}
+    low = rule.judge(Prediction("x", "a", 0.39, dict(probs)), 100, (64, 96))
+    assert (low.label, low.uncertain) == (UNCERTAIN, LOW_CONFIDENCE)
+    sure = rule.judge(Prediction("x", "a", 0.41, {**probs, "a": 0.41}), 32, (64, 96))
+    assert (sure.label, sure.uncertain) == ("a", None)
+    off = ConfidenceRule(min_probability=0.0, min_side=0)  # both checks turned off
+    assert off.judge(Prediction("x", "a", 0.39, dict(probs)), 1, (64, 96)).label == "a"

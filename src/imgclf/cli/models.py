@@ -84,8 +84,9 @@ def add_confidence(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--min-probability",
         type=float,
-        default=0.5,
-        help="answer 'uncertain' when the top probability is below this (default 0.5)",
+        default=None,
+        help="answer 'uncertain' when the top probability is below this (default: a tenth "
+        "of the way from chance to certainty, 0.40 for three classes)",
     )
     p.add_argument(
         "--min-side",

@@ -43,7 +43,7 @@ class ServeConfig:
     # Promotion: poll the registry alias every poll_s seconds (0: only SIGHUP or POST /reload).
     poll_s: float = 0.0
     # The low-confidence rule (imgclf.answers.ConfidenceRule).
-    min_probability: float = 0.5
+    min_probability: float | None = None  # None: ConfidenceRule's default for the model
     min_side: int | None = None
 
 
