@@ -37,7 +37,9 @@ DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))
 # Imported by stages but left out of dvc.yaml's deps on purpose (dvc.yaml's header says why).
 NOT_DEPS = {"config.py", "errors.py", "interrupts.py", "lineage.py", "tracking"}
 NOT_DEPS |= {"orphans.py", "pauses.py"}  # when a stage stops, never what it writes
-NOT_DEPS_EXCEPT = {"export": {"tracking"}}  # the registry version is what export makes
+NOT_DEPS |= {"host.py"}  # a run's CPU tag, through lineage.py
+# The registry version is what export makes; evaluate's metrics name the CPU.
+NOT_DEPS_EXCEPT = {"export": {"tracking"}, "evaluate": {"host.py"}}
 
 
 def _paths(entries: list) -> list[str]:
