@@ -1,24 +1,18 @@
-"""Export to every format, the promotion gate, verified loading and the HTTP server, end to end.
+"""Export to every format, the promotion gate, verified loading and reloading, end to end.
 
 One module fixture trains the tiny model once and registers two real versions in a real SQLite
 MLflow store: v1 a deliberately useless copy (output layer zeroed: uniform probabilities, so it
 always answers the first class, accuracy exactly 1/3) that export makes the first champion, and
 v2 the trained model, the challenger. No mocks: every check goes through the real registry,
-the real converters and runtimes, and a real server process on a loopback port.
+the real converters and runtimes (the HTTP server's own tests: test_serve.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import keras
@@ -48,7 +42,7 @@ def useless_copy(train_dir: Path, out: Path) -> Path:
     layer = model.get_layer("probs")
     layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
     model.save(out / "model.keras")
-    for name in ("run.json", "history.csv"):
+    for name in ("run.json", "history.csv", "train.json"):
         shutil.copy(train_dir / name, out / name)
     return out
 
@@ -396,75 +390,36 @@ def test_force_needs_a_reason_then_overrides_and_records_it(reg, capsys):
 # --- serving ------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_server_follows_the_champion_without_a_restart(reg):
+    """Promotion without a restart: the server's model holder reloads when @champion moves
+    (what ``imgclf serve --poll``, SIGHUP and POST /reload do), through the verified loader.
+    The HTTP side (each class's answer, 422 for a non-image, reload under load) is in
+    tests/integration/test_serve.py."""
+    import asyncio
 
+    from imgclf.serving.holder import ModelHolder
 
-def _request(url: str, data: bytes | None = None) -> dict:
-    req = urllib.request.Request(
-        url, data=data, headers={"Content-Type": "application/octet-stream"}
-    )
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-def test_http_server_classifies_an_image_of_each_class(reg):
     assert champion() == "2"
-    local = load_model(f"models:/{NAME}@champion")
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": reg["uri"]}
-    exe = str(Path(sys.executable).with_name("imgclf"))
-    proc = subprocess.Popen(
-        [
-            exe,
-            "serve",
-            "--model",
-            f"models:/{NAME}@champion",
-            "--format",
-            "onnx",
-            "--port",
-            str(port),
-        ],
-        cwd=reg["work"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    spec = f"models:/{NAME}@champion"
+    holder = ModelHolder(spec, "onnx", load_model(spec, "onnx"))
+    served = holder.describe()
+    assert served["model"] == f"models:/{NAME}/2" and served["format"] == "onnx"
+    assert served["classes"] == list(TINY_CLASSES)
+    unmoved = asyncio.run(holder.reload("poll", only_if_moved=True))
+    assert unmoved["reloaded"] is False and holder.describe()["version"] == "2"
+    x = artifacts.load_dataset(reg["art"] / "preprocess" / "dataset.npz")["x_test"][:6]
+    tracking.set_alias(NAME, "champion", "1")
     try:
-        health = None
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                health = _request(f"{base}/health")
-                break
-            except OSError:
-                time.sleep(0.5)
-        assert health is not None, proc.stderr.read().decode() if proc.poll() else "no answer"
-        assert health["model"] == f"models:/{NAME}/2" and health["format"] == "onnx"
-        assert health["classes"] == list(TINY_CLASSES)
-        from imgclf.predict import predict_files
-
-        for cls in TINY_CLASSES:
-            files = sorted((reg["data"] / "Testing_Data" / cls).glob("*.png"))
-            # An image of the class that the model (in process) gets right.
-            right = next(
-                f for f, p in zip(files, predict_files(local, files), strict=True) if p.label == cls
-            )
-            answer = _request(f"{base}/predict", right.read_bytes())
-            assert answer["label"] == cls
-            assert answer["probability"] == pytest.approx(answer["probabilities"][cls])
-            assert answer["probability"] > 1 / 3
-        with pytest.raises(urllib.error.HTTPError) as err:
-            _request(f"{base}/predict", b"this is not an image")
-        assert err.value.code == 422
-        assert json.loads(err.value.read())["error"] == "not_an_image"
+        moved = asyncio.run(holder.reload("poll", only_if_moved=True))
+        assert moved == {
+            "reloaded": True,
+            "previous": f"models:/{NAME}/2",
+            "model": f"models:/{NAME}/1",
+        }
+        probs = holder.current.predictor.predict(x)  # v1: the useless copy, uniform answers
+        np.testing.assert_allclose(probs, 1 / 3, atol=1e-6)
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        tracking.set_alias(NAME, "champion", "2")
 
 
 def test_predict_prepares_files_with_the_models_fit(reg, tmp_path):
