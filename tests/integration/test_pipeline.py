@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -190,17 +191,26 @@ def test_registered_version_holds_an_h5_that_predicts(pipeline, tmp_path):
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_second_export_moves_challenger_only(pipeline):
+def test_second_export_reuses_the_version_and_new_settings_move_challenger_only(pipeline):
     p, cfg = pipeline, pipeline["cfg"]
-    again = export.run(
-        cfg,
-        preprocess_dir=p["art"] / "preprocess",
-        train_dir=p["art"] / "train",
-        evaluate_dir=p["art"] / "evaluate",
-        out_dir=p["art"] / "export2",
-    )
+    dirs = {
+        "preprocess_dir": p["art"] / "preprocess",
+        "train_dir": p["art"] / "train",
+        "evaluate_dir": p["art"] / "evaluate",
+    }
+    # The same trained model again (a forced `dvc repro`): its version, not a new one.
+    again = export.run(cfg, **dirs, out_dir=p["art"] / "export2")
+    assert again.reused and again.version == "1"
+    assert sorted(again.aliases) == ["challenger", "champion"]
+    manifest = "formats/manifest.json"
+    assert (p["art"] / "export2" / manifest).read_bytes() == (
+        p["art"] / "export" / manifest
+    ).read_bytes()
+    # Other export settings make other files: a new version, and only @challenger moves.
+    other = dataclasses.replace(cfg, export=dataclasses.replace(cfg.export, parity_samples=7))
+    new = export.run(other, **dirs, out_dir=p["art"] / "export3")
     client = MlflowClient(p["uri"])
-    assert again.version == "2" and again.aliases == ["challenger"]
+    assert not new.reused and new.version == "2" and new.aliases == ["challenger"]
     assert str(client.get_model_version_by_alias("tiny-model", "champion").version) == "1"
     assert str(client.get_model_version_by_alias("tiny-model", "challenger").version) == "2"
 
