@@ -11,7 +11,8 @@ actionable for a user of this project, and it buried the lines that are (37 of 2
   ERROR lines (the cuInit "error" on a CPU-only host is one of them);
 - silences file descriptor 2 while ``tensorflow`` itself is imported, the one moment those
   pre-initialisation lines are written; a failing import still raises, with its traceback;
-- keeps third-party Python warnings and the ``tensorflow``/``absl`` loggers below ERROR off.
+- keeps third-party Python warnings and the ``tensorflow``/``absl`` loggers below ERROR off,
+  and Keras's progress bars (Keras then logs them to absl instead of stdout).
 
 ``IMGCLF_VERBOSE=1`` (or ``imgclf -v``) turns all of this off: every library line comes back, and
 ``model.fit`` prints Keras's own per-epoch lines too.
@@ -49,19 +50,31 @@ def quiet_startup(force_verbose: bool = False) -> None:
     warnings.filterwarnings("ignore", module=THIRD_PARTY)
     for name in ("tensorflow", "absl", "tf2onnx"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if "tensorflow" not in sys.modules and not any(
-        isinstance(f, _QuietImport) for f in sys.meta_path
-    ):
-        sys.meta_path.insert(0, _QuietImport())
+    hooked = {f.name for f in sys.meta_path if isinstance(f, _QuietImport)}
+    for name in ("tensorflow", "keras"):
+        if name not in sys.modules and name not in hooked:
+            sys.meta_path.insert(0, _QuietImport(name))
+    if "keras" in sys.modules:
+        _quiet_keras(sys.modules["keras"])
+
+
+def _quiet_keras(keras: ModuleType) -> None:
+    # Progress bars (also those of predict calls inside MLflow's model logging) go to absl
+    # logging instead of stdout, and absl's logger shows only errors.
+    keras.config.disable_interactive_logging()
 
 
 class _QuietImport(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` as usual, then runs its import with file descriptor 2 silenced."""
+    """Finds ``tensorflow`` (or ``keras``) as usual, then imports it with file descriptor 2
+    silenced (and, for keras, its interactive progress bars off)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "tensorflow":
+        if fullname != self.name:
             return None
         sys.meta_path.remove(self)  # once: the C++ runtime is loaded by then
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
@@ -92,3 +105,5 @@ class _QuietLoader(importlib.abc.Loader):
             os.dup2(saved, 2)
             os.close(saved)
             os.close(devnull)
+        if module.__name__ == "keras":
+            _quiet_keras(module)

@@ -57,9 +57,6 @@ def add_bind(p: argparse.ArgumentParser, port: int) -> None:
 def setup_logging(verbose: bool = False) -> None:
     """Log lines with a time stamp; third-party chatter only from WARNING (all of it with -v or
     ``IMGCLF_VERBOSE=1``: :mod:`imgclf.console`)."""
-    from imgclf.console import quiet_startup
-
-    quiet_startup(force_verbose=verbose)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # Download progress bars would interleave with promote's table and predict's output.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -70,3 +67,6 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("alembic", "mlflow", "urllib3", "matplotlib", "PIL", "absl", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from imgclf.console import quiet_startup
+
+    quiet_startup(force_verbose=verbose)  # after: it raises some of those levels further

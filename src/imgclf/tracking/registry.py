@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -114,9 +116,10 @@ def _version(package: str) -> str:
 
 def register_version(name: str, source_uri: str, tags: Mapping[str, str]) -> str:
     """Create a version of ``name`` from ``source_uri`` with all its ``tags`` at once."""
-    mv = retrying(
-        mlflow.register_model, source_uri, name, tags={k: str(v) for k, v in tags.items()}
-    )
+    with contextlib.redirect_stderr(io.StringIO()):  # its "Created version" prints; export logs
+        mv = retrying(
+            mlflow.register_model, source_uri, name, tags={k: str(v) for k, v in tags.items()}
+        )
     return str(mv.version)
 
 
