@@ -241,6 +241,21 @@ def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(env):
     assert "1 pruned" in out
 
 
+def test_a_trial_that_crashes_natively_fails_alone_and_the_sweep_goes_on(env):
+    # The test-only hook makes trial 1's training process kill itself with SIGSEGV, as the
+    # oneDNN crash did: before, that took the whole sweep down (and every relaunch with it).
+    crashing = {**env, "env": {**env["env"], "IMGCLF_TEST_SEGFAULT": "1"}}
+    out = finish(launch(crashing, optuna_args(env, "segv", 2, "train.epochs=1")))
+    study = load(env, "segv")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.FAIL,
+                                               TrialState.COMPLETE]  # fmt: skip
+    crashed = study.trials[1]
+    assert "SIGSEGV" in crashed.user_attrs["error"]
+    run = env["client"].get_run(crashed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and run.data.tags["optuna.state"] == "FAIL"
+    assert "2 done" in out
+
+
 def test_two_processes_share_one_study(env):
     args = optuna_args(env, "parallel", 4)
     procs = [launch(env, args) for _ in range(2)]

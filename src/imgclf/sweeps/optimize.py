@@ -122,6 +122,30 @@ def optimize(
         parent_run_id=parent,
     )
     heartbeat = Heartbeat(storage, settings.heartbeat_interval)
+    try:
+        ran, complete = _loop(
+            study, settings, n_trials, space, fixed, launch, link_base, heartbeat, experiment
+        )
+    except BaseException as exc:  # the parent run ends truthfully unless others still run
+        if not any(t.state == TrialState.RUNNING for t in study.get_trials(deepcopy=False)):
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            tracking.end_run_by_id(parent, status)
+        raise
+    return _finish(study, settings, parent, complete, ran, best_config, is_group, n_trials)
+
+
+def _loop(
+    study: optuna.Study,
+    settings: StudySettings,
+    n_trials: int,
+    space: Mapping[str, Any],
+    fixed: list[str],
+    launch: Launch,
+    link_base: TrialLink,
+    heartbeat: Heartbeat,
+    experiment: str,
+) -> tuple[int, bool]:
+    """Ask, launch and tell until the study is full or failed; (trials run here, complete)."""
     ran, complete = 0, False
     while True:
         with warnings.catch_warnings():
@@ -142,7 +166,7 @@ def optimize(
         if batch:
             _run_batch(study, batch, launch, link_base, settings, heartbeat, experiment)
             ran += len(batch)
-    return _finish(study, settings, parent, complete, ran, best_config, is_group, n_trials)
+    return ran, complete
 
 
 def _ask(
@@ -166,10 +190,29 @@ def _ask(
             heartbeat.remove(trial._trial_id)
             study.tell(trial, state=TrialState.FAIL)
             break
-        overrides = [*fixed, *suggest(trial, space)]
+        try:
+            overrides = [*fixed, *suggest(trial, space)]
+        except ValueError as exc:  # Optuna: a parameter of another kind than in earlier trials
+            _tell_failed(study, trial, str(exc))
+            heartbeat.remove(trial._trial_id)
+            raise SweepConfigError(
+                f"{_changed_param(study, space)}: {exc} Use another study_name for a new space"
+            ) from exc
         trial.set_user_attr("overrides", overrides)
         batch.append((trial, overrides))
     return batch
+
+
+def _changed_param(study: optuna.Study, space: Mapping[str, Any]) -> str:
+    """Which parameter the study searched with another distribution than ``space`` says."""
+    for t in study.get_trials(deepcopy=False):
+        for key, dist in t.distributions.items():
+            new = space.get(key)
+            if new is None:
+                continue
+            if type(dist) is not type(new) or (hasattr(dist, "choices") and dist != new):
+                return f"{key} was searched as {dist} in this study, now {new}"
+    return "the search space changed"
 
 
 def _run_batch(
@@ -220,7 +263,7 @@ def _tell(
 
     if ret.status == JobStatus.COMPLETED:
         try:
-            values = objective_values(ret.return_value, settings)
+            values = settings.values_of(ret.return_value)
         except SweepConfigError:
             _tell_failed(study, trial, "the job's return value holds no objective")
             raise
@@ -247,47 +290,6 @@ def _tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
         study.tell(trial, state=TrialState.FAIL)
     except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
         log.debug("trial %d already finished", trial.number)
-
-
-def objective_values(value: Any, settings: StudySettings) -> list[float]:
-    """The objective value(s) in what a job returned: a number, numbers, or a dict holding them.
-
-    Raises:
-        SweepConfigError: the value holds no objective (names the keys it does hold).
-    """
-    keys = settings.objectives()
-    n = len(settings.directions())
-    if isinstance(value, Mapping):
-        if keys is None:
-            raise SweepConfigError(
-                f"the job returned a dict with {sorted(map(str, value))}: set "
-                "hydra.sweeper.objective to the key (or keys) to optimise"
-            )
-        missing = [k for k in keys if k not in value]
-        if missing:
-            raise SweepConfigError(
-                f"hydra.sweeper.objective {missing} not in what the job returned: "
-                f"{sorted(map(str, value))}"
-            )
-        values = [value[k] for k in keys]
-    elif isinstance(value, int | float) and not isinstance(value, bool):
-        values = [value]
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        values = list(value)
-    else:
-        raise SweepConfigError(
-            f"the job returned {type(value).__name__}: return a number, a list of numbers "
-            "(one per direction) or a dict holding hydra.sweeper.objective"
-        )
-    try:
-        floats = [float(v) for v in values]
-    except (TypeError, ValueError) as exc:
-        raise SweepConfigError(f"the job's objective is not a number: {values}") from exc
-    if len(floats) != n:
-        raise SweepConfigError(
-            f"the job returned {len(floats)} objective value(s) for {n} direction(s)"
-        )
-    return floats
 
 
 def _finish(

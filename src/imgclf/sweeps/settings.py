@@ -6,6 +6,7 @@ standard library; :mod:`imgclf.sweeps.study` turns the settings into Optuna obje
 """
 
 import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,46 @@ class StudySettings:
             return None
         raw = self.objective
         return [str(o) for o in raw] if isinstance(raw, list | tuple) else [str(raw)]
+
+    def values_of(self, value: Any) -> list[float]:
+        """The objective value(s) in what a job returned: a number, numbers, or a dict holding them.
+
+        Raises:
+            SweepConfigError: the value holds no objective (names the keys it does hold).
+        """
+        keys = self.objectives()
+        n = len(self.directions())
+        if isinstance(value, Mapping):
+            if keys is None:
+                raise SweepConfigError(
+                    f"the job returned a dict with {sorted(map(str, value))}: set "
+                    "hydra.sweeper.objective to the key (or keys) to optimise"
+                )
+            missing = [k for k in keys if k not in value]
+            if missing:
+                raise SweepConfigError(
+                    f"hydra.sweeper.objective {missing} not in what the job returned: "
+                    f"{sorted(map(str, value))}"
+                )
+            values = [value[k] for k in keys]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            values = [value]
+        elif isinstance(value, Sequence) and not isinstance(value, str):
+            values = list(value)
+        else:
+            raise SweepConfigError(
+                f"the job returned {type(value).__name__}: return a number, a list of numbers "
+                "(one per direction) or a dict holding hydra.sweeper.objective"
+            )
+        try:
+            floats = [float(v) for v in values]
+        except (TypeError, ValueError) as exc:
+            raise SweepConfigError(f"the job's objective is not a number: {values}") from exc
+        if len(floats) != n:
+            raise SweepConfigError(
+                f"the job returned {len(floats)} objective value(s) for {n} direction(s)"
+            )
+        return floats
 
     def failures_allowed(self) -> int:
         return self.n_trials if self.max_failures is None else self.max_failures

@@ -183,12 +183,14 @@ class _GridSampler(optuna.samplers.GridSampler):
 
 
 def make_sampler(s: SamplerSettings, grid: dict[str, list[Any]] | None = None) -> BaseSampler:
-    """Seeded TPE (default), random search or a grid over ``grid``, re-seeded per trial."""
+    """Seeded TPE (default) or random search, re-seeded per trial; or a grid over ``grid``."""
     if s.name == "random":
         return PerTrialSeededSampler(lambda n: optuna.samplers.RandomSampler(seed=s.seed + n))
     if s.name == "grid":
+        # One seed for every worker: the grid's shuffled order must be the same everywhere,
+        # since trial n takes point n of it (later ones an unvisited point at random).
         assert grid is not None, "the grid sampler needs the grid"
-        return PerTrialSeededSampler(lambda n: _GridSampler(grid, seed=s.seed + n))
+        return _GridSampler(grid, seed=s.seed)
     return PerTrialSeededSampler(
         lambda n: optuna.samplers.TPESampler(seed=s.seed + n, n_startup_trials=s.n_startup_trials)
     )

@@ -20,6 +20,7 @@ Any Hydra app can prune the same way::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -56,9 +57,9 @@ class TrialLink:
         import optuna
 
         from imgclf.sweeps.settings import PrunerSettings
-        from imgclf.sweeps.study import make_pruner, make_storage
+        from imgclf.sweeps.study import make_pruner
 
-        storage = make_storage(self.storage)
+        storage = _storage(self.storage)
         pruner = None
         if self.pruner:
             pruner = make_pruner(PrunerSettings(**self.pruner), self.max_epochs)
@@ -75,12 +76,18 @@ class TrialLink:
 
     def set_user_attr(self, key: str, value: Any) -> None:
         """Set a user attribute of the trial straight in the storage (no Trial rebuilt)."""
-        from imgclf.sweeps.study import make_storage
-
-        storage = make_storage(self.storage)
+        storage = _storage(self.storage)
         study_id = storage.get_study_id_from_name(self.study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, self.number)
         storage.set_trial_user_attr(trial_id, key, value)
+
+
+@functools.cache
+def _storage(url: str) -> Any:
+    """One storage per URL and process: opening one checks the schema (a second or so)."""
+    from imgclf.sweeps.study import make_storage
+
+    return make_storage(url)
 
 
 def current_trial() -> Any:
