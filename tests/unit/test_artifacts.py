@@ -38,6 +38,7 @@ DVC = yaml.safe_load((REPO_ROOT / "dvc.yaml").read_text(encoding="utf-8"))
 NOT_DEPS = {"config.py", "errors.py", "interrupts.py", "lineage.py", "tracking"}
 NOT_DEPS |= {"orphans.py", "pauses.py"}  # when a stage stops, never what it writes
 NOT_DEPS |= {"host.py"}  # a run's CPU tag, through lineage.py
+NOT_DEPS |= {"console.py"}  # what the console shows, never what a stage writes
 # The registry version is what export makes; evaluate's metrics name the CPU.
 NOT_DEPS_EXCEPT = {"export": {"tracking"}, "evaluate": {"host.py"}}
 
