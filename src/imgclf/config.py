@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,10 @@ def _check_ranges(cfg: Config) -> None:
 
 
 FIX_IN_CONF = "fix it in conf/ and run `make params`"
+FIX_IN_EXP_RUN = (
+    "fix the `dvc exp run -S` override (or conf/); `git restore params.yaml artifacts && "
+    "dvc checkout` undoes the failed run (docs/pipeline.md)"
+)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>", fix: str = FIX_IN_CONF) -> Config:
@@ -285,7 +290,9 @@ def load_config(path: str | Path = "params.yaml") -> Config:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
-    return config_from_dict(raw, source=str(path))
+    # Under `dvc exp run` a bad value usually came from its -S override, not from conf/.
+    fix = FIX_IN_EXP_RUN if os.environ.get("DVC_EXP_NAME") else FIX_IN_CONF
+    return config_from_dict(raw, source=str(path), fix=fix)
 
 
 def flatten(cfg: Config, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
