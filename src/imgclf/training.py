@@ -300,6 +300,7 @@ def fit(
         train_ds,
         validation_data=val_ds,
         epochs=cfg.epochs,
+        shuffle=False,  # make_datasets shuffles; on tf.data Keras ignores the flag, and warns
         initial_epoch=state.epochs_done,
         callbacks=stack,
         verbose=2 if console.verbose() else 0,
