@@ -147,7 +147,7 @@ def run_job(
             link.set_user_attr("mlflow_run_id", run_id)
         try:
             result = call_in_child(
-                train_in_child, cfg, preprocess, run_id, link, preload=CHILD_PRELOAD
+                train_in_child, cfg, preprocess, run_id, link, os.getpid(), preload=CHILD_PRELOAD
             )
         except NativeCrashError:
             if link is not None:
@@ -178,7 +178,9 @@ def run_job(
     return result
 
 
-def train_in_child(cfg: Config, preprocess: Path, run_id: str, link: TrialLink | None) -> JobResult:
+def train_in_child(
+    cfg: Config, preprocess: Path, run_id: str, link: TrialLink | None, holder: int
+) -> JobResult:
     """The child's part: load the tensors, train under the loop's callbacks, report, return.
 
     No checkpoint: a killed trial is retried whole. Early stopping, the kept epoch and the
@@ -196,7 +198,9 @@ def train_in_child(cfg: Config, preprocess: Path, run_id: str, link: TrialLink |
         pruner = pruning_callback(trial, link.objective)
     state = TrainingState()
     # Reopened by id: this process logs each epoch into the run its parent opened and ends.
+    # The parent stays the run's holder (pid tag): it outlives this child, which dies with it.
     with tracking.open_run(cfg.mlflow.experiment_name, "job", run_id=run_id):
+        tracking.set_tags({tracking.PID_TAG: str(holder)})
         _test_segfault(link)
         model, train_ds, val_ds = prepare(cfg, arrays, len(classes))
         n_params = int(model.count_params())
