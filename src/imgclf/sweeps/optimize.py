@@ -9,7 +9,7 @@ trial its result. The job reaches its trial through the storage only, so the bas
 A worker runs until the study holds ``n_trials`` done (COMPLETE or PRUNED) trials, counting
 those of earlier launches and of other workers: it waits for trials in flight elsewhere, and
 fails and retries the trials of a worker that died (heartbeats). It gives up, saying so and
-exiting non-zero, only once ``max_failures`` trials have failed.
+exiting non-zero, only once more than ``max_failures`` trials have failed.
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def optimize(
 
     Raises:
         SweepConfigError: a setting or a job's return value cannot work (names which).
-        StudyIncompleteError: ``max_failures`` trials failed before the study was full.
+        StudyIncompleteError: more than ``max_failures`` trials failed before it was full.
     """
     settings.check()
     space, fixed = parse_search_space(params, arguments)

@@ -59,7 +59,7 @@ class StudySettings:
     heartbeat_interval: int = 30
     grace_period: int = 120
     max_retry: int = 1  # a trial whose worker died is retried this often with its parameters
-    max_failures: int | None = None  # FAIL trials after which workers give up; null: n_trials
+    max_failures: int | None = None  # more FAIL trials than this: workers give up; null: n_trials
     # Multi-objective best.yaml: among the Pareto-optimal trials within this distance of the best
     # first objective, the best on the second (then the third...); 0: the best first objective.
     pareto_tolerance: float = 0.0
