@@ -21,16 +21,32 @@ import time
 from pathlib import Path
 
 
-def _tree_rss(proc: object) -> tuple[float, float]:
+def _tree_memory(proc: object) -> tuple[float, float, float]:
+    """(RSS of the tree, PSS of the tree, RSS of the sweeper) in MiB.
+
+    RSS counts the pages a fork shares with its parent (TensorFlow, preloaded by the fork
+    server) once per process; PSS splits them between the sharers, so the tree's PSS is what
+    the sweep really takes from the machine.
+    """
     import psutil
 
     assert isinstance(proc, psutil.Process)
+    rss = pss = 0.0
+    main = 0.0
     try:
-        main = proc.memory_info().rss
-        total = main + sum(c.memory_info().rss for c in proc.children(recursive=True))
+        tree = [proc, *proc.children(recursive=True)]
     except psutil.Error:
-        return 0.0, 0.0
-    return total / 2**20, main / 2**20
+        return 0.0, 0.0, 0.0
+    for p in tree:
+        try:
+            info = p.memory_full_info()
+        except psutil.Error:
+            continue
+        rss += info.rss
+        pss += getattr(info, "pss", info.rss)
+        if p.pid == proc.pid:
+            main = info.rss
+    return rss / 2**20, pss / 2**20, main / 2**20
 
 
 def study(label: str, n_trials: int, args: list[str]) -> dict[str, object]:
@@ -40,11 +56,12 @@ def study(label: str, n_trials: int, args: list[str]) -> dict[str, object]:
     start = time.monotonic()
     popen = subprocess.Popen([exe, "-m", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     proc = psutil.Process(popen.pid)
-    peak_tree = peak_main = 0.0
+    peak_tree = peak_pss = peak_main = 0.0
     while popen.poll() is None:
-        tree, main = _tree_rss(proc)
-        peak_tree, peak_main = max(peak_tree, tree), max(peak_main, main)
-        time.sleep(0.2)
+        tree, pss, main = _tree_memory(proc)
+        peak_tree, peak_pss = max(peak_tree, tree), max(peak_pss, pss)
+        peak_main = max(peak_main, main)
+        time.sleep(0.3)
     wall = time.monotonic() - start
     out = popen.stdout.read().decode(errors="replace") if popen.stdout else ""
     if popen.returncode != 0:
@@ -54,7 +71,8 @@ def study(label: str, n_trials: int, args: list[str]) -> dict[str, object]:
         "label": label,
         "wall_s": round(wall, 1),
         "trials_per_hour": round(n_trials * 3600 / wall, 1),
-        "peak_tree_mib": round(peak_tree),
+        "peak_tree_rss_mib": round(peak_tree),
+        "peak_tree_pss_mib": round(peak_pss),
         "peak_sweeper_mib": round(peak_main),
         "load_avg": os.getloadavg()[0],
     }
