@@ -245,15 +245,22 @@ def test_predict_lists_unreadable_files(pipeline, tmp_path, capsys):
     assert "note.jpg\tERROR\tnot_an_image" in capsys.readouterr().out
 
 
-def test_stage_cli_rejects_bad_params_naming_the_key(tmp_path, capsys):
+def test_stage_cli_rejects_bad_params_naming_the_key(tmp_path, capsys, monkeypatch):
     bad = write_params(tmp_path / "params.yaml", tiny_config())
     bad.write_text(bad.read_text(encoding="utf-8").replace("epochs:", "epochz:"))
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
     code = cli.main(["train", "--params", str(bad), "--preprocess", "x", "--out", "y"])
     assert code == 2
     assert capsys.readouterr().err == (
         f"imgclf train: {bad}: unknown key 'train.epochz' (did you mean 'train.epochs'?); "
         "fix it in conf/ and run `make params`\n"
     )
+    # Under `dvc exp run` the bad value came from its -S override: say so, and how to undo.
+    monkeypatch.setenv("DVC_EXP_NAME", "bold-yawl")
+    assert cli.main(["train", "--params", str(bad), "--preprocess", "x", "--out", "y"]) == 2
+    err = capsys.readouterr().err
+    assert "'train.epochz' (did you mean 'train.epochs'?); fix the `dvc exp run -S` override" in err
+    assert "git restore params.yaml artifacts && dvc checkout" in err and err.count("\n") == 1
 
 
 def test_no_absolute_paths_in_params_tags_or_artifacts(pipeline, tmp_path):
