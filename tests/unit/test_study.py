@@ -14,7 +14,6 @@ from imgclf.compose import compose_params
 from imgclf.sweeps import report
 from imgclf.sweeps import space as sp
 from imgclf.sweeps import study as st
-from imgclf.sweeps.optimize import objective_values
 from imgclf.sweeps.settings import PrunerSettings, SamplerSettings, StudySettings, SweepConfigError
 from imgclf.sweeps.trial import ENV_TRIAL, TrialLink
 from imgclf.sweeps.workers import on_stale_trial
@@ -148,18 +147,18 @@ def test_a_job_may_return_a_number_numbers_or_a_dict_holding_the_objective(
     value, objective, direction, expected
 ):
     settings = StudySettings(objective=objective, direction=direction)
-    assert objective_values(value, settings) == expected
+    assert settings.values_of(value) == expected
 
 
 def test_a_return_value_without_the_objective_names_what_it_holds():
     with pytest.raises(SweepConfigError, match=r"\['acc', 'loss'\]: set hydra.sweeper.objective"):
-        objective_values({"loss": 1, "acc": 2}, StudySettings())
+        StudySettings().values_of({"loss": 1, "acc": 2})
     with pytest.raises(SweepConfigError, match=r"\['f1'\] not in .*\['acc', 'loss'\]"):
-        objective_values({"loss": 1, "acc": 2}, StudySettings(objective="f1"))
+        StudySettings(objective="f1").values_of({"loss": 1, "acc": 2})
     with pytest.raises(SweepConfigError, match="2 objective value"):
-        objective_values([1, 2], StudySettings())
+        StudySettings().values_of([1, 2])
     with pytest.raises(SweepConfigError, match="returned str"):
-        objective_values("high", StudySettings())
+        StudySettings().values_of("high")
 
 
 def test_grid_takes_choices_and_ranges_but_no_interval():
