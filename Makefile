@@ -15,11 +15,12 @@ export PATH := $(BIN):$(PATH)
 IMGCLF_VERBOSE ?= 0
 export IMGCLF_VERBOSE
 
-.PHONY: setup repro test test-fast ui compare params lint sweep bench clean help browser
+.PHONY: setup repro test test-slow test-all ui compare params lint sweep bench clean help browser
 
 help:
 	@echo "make repro   set up .venv, dvc pull the data, dvc repro the pipeline, show metrics"
-	@echo "make test    set up .venv, make lint, then the test suite (what CI runs)"
+	@echo "make test    set up .venv, make lint, unit + integration tests (CI=true: + slow)"
+	@echo "make test-all  the same plus the slow group (real data, fresh clone, team stack, UI)"
 	@echo "make ui      MLflow UI over the project's store: prints and opens the training runs view"
 	@echo "make compare dvc exp show, the deciding metrics and main params only (COMPARE_ARGS=...)"
 	@echo "make params  recompose params.yaml from conf/ (Hydra)"
@@ -46,9 +47,21 @@ repro: $(STAMP)
 	$(BIN)/dvc repro || { $(BIN)/imgclf doctor; exit 1; }
 	@$(BIN)/imgclf summary
 
-# CI runs `make test`, so the lint (and the layering contracts in pyproject.toml) gate it too.
-test: lint browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# `make test`: the lint (ruff, mypy, the layering contracts), then the unit and integration
+# groups on both cores (about 5 minutes on 2 cores). CI (CI=true) and `make test-all` add the
+# slow group: the real data, a fresh clone, the team stack, the MLflow UI in Chromium and every
+# model family at the sweeps' edges (another ~10 minutes).
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadscope
+test: lint
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+	@if [ "$$CI" = true ]; then $(MAKE) --no-print-directory test-slow; fi
+
+test-slow: $(STAMP) browser
+	$(PYTEST) -m slow $(PYTEST_ARGS)
+
+test-all: lint
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-slow
 
 # The MLflow UI test drives a real headless Chromium. Installed from the system packages when
 # missing and we may (root with apt-get, as in CI); elsewhere that test skips, saying how.
@@ -58,9 +71,6 @@ browser:
 	       && { apt-get update -qq && apt-get install -y -qq chromium >/dev/null \
 	            || echo "chromium could not be installed: the MLflow UI test will skip"; }; } \
 	  || echo "no chromium (apt-get install chromium, as root): the MLflow UI test will skip"
-
-test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 ui: $(STAMP)
 	@$(BIN)/imgclf ui --host $(HOST) --port $(PORT)

@@ -30,6 +30,9 @@ from tests.conftest import write_params
 from tests.integration.browser import INSTALL_HINT, chromium, chromium_path
 from tests.integration.conftest import DVC_EXP_NAME, copy_trained
 
+# A browser, the MLflow UI server and a second training run: the slow group (CI runs it).
+pytestmark = pytest.mark.slow
+
 needs_chromium = pytest.mark.skipif(chromium_path() is None, reason=INSTALL_HINT)
 
 
