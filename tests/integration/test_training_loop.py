@@ -69,11 +69,19 @@ def test_stage_and_sweep_job_train_stop_and_keep_alike(fits):
     stage, job = fits["stage"], fits["job"]
     assert 2 <= stage.epochs_run < EPOCHS, "early stopping must stop the fit"
     assert (job.best_epoch, job.epochs_run) == (stage.best_epoch, stage.epochs_run)
-    assert (job.val_accuracy, job.val_loss) == (stage.val_accuracy, stage.val_loss)
+    # The job trains in a child forked from a server that preloaded TensorFlow (sweeps/isolate):
+    # the same loop, seed and data, but a float32 reduction may round differently in the last
+    # bits there (seen: 3e-8 in one epoch's loss on a loaded host), so equal to 1e-6, not bits.
+    np.testing.assert_allclose(
+        (job.val_accuracy, job.val_loss), (stage.val_accuracy, stage.val_loss), rtol=1e-6
+    )
     stage_hist = _history(fits["client"], stage.run_id)
     job_hist = _history(fits["client"], job.run_id)
-    for key in PER_EPOCH:
-        assert job_hist[key] == stage_hist[key], key  # the same numbers, epoch by epoch
+    for key in PER_EPOCH:  # the same numbers, epoch by epoch
+        assert [s for s, _ in job_hist[key]] == [s for s, _ in stage_hist[key]], key
+        np.testing.assert_allclose(
+            [v for _, v in job_hist[key]], [v for _, v in stage_hist[key]], rtol=1e-6, err_msg=key
+        )
     # The kept epoch is the first best one, and patience epochs without improvement followed.
     val_accuracy = [v for _, v in stage_hist["val_accuracy"]]
     assert stage.best_epoch == int(np.argmax(val_accuracy)) + 1

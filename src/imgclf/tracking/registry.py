@@ -220,21 +220,15 @@ def set_version_tags(name: str, version: str, tags: Mapping[str, str]) -> None:
 
 def download_version_folder(name: str, version: str, dst: Path) -> Path:
     """Download the whole ``formats/`` folder of a version into ``dst``; return its path."""
-    base = retrying(MlflowClient().get_model_version_download_uri, name, str(version))
-    local = retrying(
-        mlflow.artifacts.download_artifacts,
-        artifact_uri=f"{base.rstrip('/')}/formats",
-        dst_path=str(dst),
-    )
-    return Path(local)
+    return download_version_files(name, version, "", dst)
 
 
 def download_version_files(name: str, version: str, rel: str, dst: Path) -> Path:
-    """Download ``formats/<rel>`` (a file or a folder) of a version into ``dst``."""
+    """Download ``formats/<rel>`` (a file or a folder; "" for all) of a version into ``dst``."""
     base = retrying(MlflowClient().get_model_version_download_uri, name, str(version))
     local = retrying(
         mlflow.artifacts.download_artifacts,
-        artifact_uri=f"{base.rstrip('/')}/formats/{rel}",
+        artifact_uri="/".join(p for p in (base.rstrip("/"), "formats", rel) if p),
         dst_path=str(dst),
     )
     return Path(local)
