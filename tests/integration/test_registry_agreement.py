@@ -178,6 +178,7 @@ def assert_agreement(root: Path) -> tracking.VersionInfo:
     return info
 
 
+@pytest.mark.slow  # a killed dvc repro and a full rerun each: CI runs the slow group
 def test_export_killed_while_writing_formats_is_redone_once(project):
     _use_parity_samples(project, 5)
     repro, stage = _start_repro(project, "exported")
@@ -190,6 +191,7 @@ def test_export_killed_while_writing_formats_is_redone_once(project):
     assert_agreement(project)
 
 
+@pytest.mark.slow  # a killed dvc repro and a full rerun each: CI runs the slow group
 def test_export_killed_right_after_registering_reuses_the_version(project):
     _use_parity_samples(project, 6)
     repro, stage = _start_repro(project, "registered")

@@ -132,6 +132,7 @@ def test_grid_sweep_with_a_failing_job_ends_its_parent_failed(env):
     assert [r.info.status for r in runs if r is not parent[0]] == ["FINISHED"]
 
 
+@pytest.mark.slow  # several sweep processes of real trainings: CI runs the slow group
 def test_sigterm_ends_a_grid_sweep_and_its_runs_killed(env):
     proc = launch(env, _grid_args("sweep-term", "optimizer=adam,sgd", "train.epochs=200"))
     deadline = time.monotonic() + 180
@@ -154,6 +155,7 @@ def test_sigterm_ends_a_grid_sweep_and_its_runs_killed(env):
     assert sum("mlflow.parentRunId" in r.data.tags for r in runs) == 1
 
 
+@pytest.mark.slow  # several sweep processes of real trainings: CI runs the slow group
 def test_killed_sweep_resumes_retries_and_tops_up(env):
     """A sweep killed mid-trial: its trial fails by heartbeat, is retried, never counted done."""
     proc = launch(env, optuna_args(env, "resume", 3))
@@ -256,6 +258,7 @@ def test_a_trial_that_crashes_natively_fails_alone_and_the_sweep_goes_on(env):
     assert "2 done" in out
 
 
+@pytest.mark.slow  # several sweep processes of real trainings: CI runs the slow group
 def test_two_processes_share_one_study(env):
     args = optuna_args(env, "parallel", 4)
     procs = [launch(env, args) for _ in range(2)]
