@@ -243,6 +243,7 @@ def test_pruned_trial_is_pruned_in_optuna_and_killed_in_mlflow(env):
     assert "1 pruned" in out
 
 
+@pytest.mark.slow  # real trainings, one killed by SIGSEGV: CI runs the slow group
 def test_a_trial_that_crashes_natively_fails_alone_and_the_sweep_goes_on(env):
     # The test-only hook makes trial 1's training process kill itself with SIGSEGV, as the
     # oneDNN crash did: before, that took the whole sweep down (and every relaunch with it).

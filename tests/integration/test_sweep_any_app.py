@@ -87,6 +87,7 @@ def test_a_float_returning_app_is_optimised_and_ranked_in_mlflow(sweep):
     assert by_trial[best.number].data.metrics["value"] == pytest.approx(best.value)
 
 
+@pytest.mark.slow  # joblib worker processes / a whole grid: CI runs the slow group
 def test_a_dict_needs_the_objective_key_and_a_grid_visits_each_point_once(sweep):
     proc = sweep("returns=dict", code=1)
     last = proc.stderr.strip().splitlines()[-1]
@@ -137,6 +138,7 @@ def test_an_app_that_reports_values_is_pruned_through_the_storage(sweep):
     assert all(list(t.intermediate_values) == [0] for t in trials)
 
 
+@pytest.mark.slow  # joblib worker processes / a whole grid: CI runs the slow group
 def test_joblib_runs_trials_in_worker_processes_and_a_crashing_job_fails_only_its_batch(sweep):
     proc = sweep(
         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_trials=4",
