@@ -32,8 +32,9 @@ from imgclf.sweeps import report
 from imgclf.sweeps import study as st
 from imgclf.sweeps.settings import StudySettings, SweepConfigError
 from imgclf.sweeps.space import grid_values, parse_search_space, suggest
+from imgclf.sweeps.tell import tell_failed, tell_result
 from imgclf.sweeps.trial import ENV_TRIAL, TrialLink
-from imgclf.sweeps.workers import Heartbeat, on_stale_trial, study_parent_run, trial_run
+from imgclf.sweeps.workers import Heartbeat, on_stale_trial, study_parent_run
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def _ask(
         try:
             overrides = [*fixed, *suggest(trial, space)]
         except ValueError as exc:  # Optuna: a parameter of another kind than in earlier trials
-            _tell_failed(study, trial, str(exc))
+            tell_failed(study, trial, str(exc))
             heartbeat.remove(trial._trial_id)
             raise SweepConfigError(
                 f"{_changed_param(study, space)}: {exc} Use another study_name for a new space"
@@ -240,7 +241,7 @@ def _run_batch(
             returns: Sequence[Any] = launch.run(jobs, batch[0][0].number)
     except BaseException as exc:
         for trial, _ in batch:
-            _tell_failed(study, trial, f"launcher: {type(exc).__name__}: {exc}")
+            tell_failed(study, trial, f"launcher: {type(exc).__name__}: {exc}")
             heartbeat.remove(trial._trial_id)
         if isinstance(exc, Exception) and not isinstance(exc, SweepConfigError):
             log.error("the launcher failed for trials %s: %s", [t.number for t, _ in batch], exc)
@@ -248,48 +249,7 @@ def _run_batch(
         raise
     for (trial, _), ret in zip(batch, returns, strict=True):
         heartbeat.remove(trial._trial_id)
-        _tell(study, trial, ret, settings, experiment, link_base.parent_run_id)
-
-
-def _tell(
-    study: optuna.Study,
-    trial: optuna.Trial,
-    ret: Any,
-    settings: StudySettings,
-    experiment: str,
-    parent: str | None,
-) -> None:
-    from hydra.core.utils import JobStatus
-
-    if ret.status == JobStatus.COMPLETED:
-        try:
-            values = settings.values_of(ret.return_value)
-        except SweepConfigError:
-            _tell_failed(study, trial, "the job's return value holds no objective")
-            raise
-        if all(math.isfinite(v) for v in values):
-            study.tell(trial, values)
-        else:
-            _tell_failed(study, trial, f"objective not finite: {values}")
-    else:
-        # JobReturn.return_value would re-raise; the job's own exception is kept here.
-        exc = ret._return_value
-        if isinstance(exc, optuna.TrialPruned):
-            study.tell(trial, state=TrialState.PRUNED)
-        else:
-            log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
-            _tell_failed(study, trial, f"{type(exc).__name__}: {exc}")
-    frozen = study._storage.get_trial(trial._trial_id)
-    if "mlflow_run_id" not in frozen.user_attrs and parent is not None:
-        trial_run(frozen, study.study_name, experiment, parent, settings.objectives())
-
-
-def _tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    try:
-        trial.set_user_attr("error", reason.splitlines()[0][:500] if reason else "")
-        study.tell(trial, state=TrialState.FAIL)
-    except (optuna.exceptions.UpdateFinishedTrialError, ValueError, RuntimeError):
-        log.debug("trial %d already finished", trial.number)
+        tell_result(study, trial, ret, settings, experiment, link_base.parent_run_id)
 
 
 def _finish(
