@@ -23,16 +23,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from imgclf import cli, resume, tracking
 from imgclf import model as model_module
 from imgclf.artifacts import save_dataset
-from imgclf.config import Config
 from imgclf.fileio import write_json
 from imgclf.stages import train
-from tests.conftest import REPO_ROOT, TINY_CLASSES, draw_class_image, tiny_config
+from tests.conftest import REPO_ROOT, TINY_CLASSES, draw_class_image, tiny_config, write_params
 
 IMGCLF = str(Path(sys.executable).with_name("imgclf"))
 EPOCHS = 6
@@ -65,11 +63,6 @@ def _write_tensors(folder: Path, n_train: int = N_TRAIN, n_val: int = 48) -> Pat
     return folder
 
 
-def _write_params(path: Path, cfg: Config) -> Path:
-    path.write_text(yaml.safe_dump(dataclasses.asdict(cfg)), encoding="utf-8")
-    return path
-
-
 @pytest.fixture
 def train_setup(tmp_path: Path, mlflow_store: str) -> dict:
     cfg = tiny_config(
@@ -77,7 +70,7 @@ def train_setup(tmp_path: Path, mlflow_store: str) -> dict:
         augment={"enabled": False},
     )
     pre = _write_tensors(tmp_path / "preprocess")
-    params = _write_params(tmp_path / "params.yaml", cfg)
+    params = write_params(tmp_path / "params.yaml", cfg)
     out = tmp_path / "train"
     cmd = [IMGCLF, "train", "--params", str(params), "--preprocess", str(pre), "--out", str(out)]
     env = {
