@@ -12,7 +12,7 @@ atomic (:mod:`imgclf.fileio`): a killed stage never leaves half a file.
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, Self, overload
 
@@ -305,3 +305,14 @@ class ExportOutputs(Outputs):
 
     def write_registered(self, record: dict[str, Any]) -> None:
         write_json(self.registered, record)
+
+
+class CVOutputs(Outputs):
+    """A cross-validated job's files, logged to its MLflow run under ``cv/``."""
+
+    STAGE = "cv"
+    predictions = File("predictions.csv")  # every pooled file's out-of-fold prediction
+    confusion_png = File("confusion_matrix.png")
+
+    def write_predictions(self, header: Iterable[str], rows: Iterable[Iterable[Any]]) -> None:
+        write_csv(self.predictions, header, rows)

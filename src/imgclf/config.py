@@ -143,6 +143,16 @@ class PromoteConfig:
     batch_size: int
 
 
+CV_POOLS = ("train", "all")
+
+
+@dataclass
+class CVConfig:
+    folds: int  # imgclf-train: 0 scores on the validation split; k >= 2: grouped k-fold CV
+    pool: str  # train: Training_data only; all: Testing_Data too (measurement, never sweeps)
+    seed: int  # which groups land in which fold
+
+
 @dataclass
 class Config:
     data: DataConfig
@@ -154,6 +164,7 @@ class Config:
     evaluate: EvaluateConfig
     export: ExportConfig
     promote: PromoteConfig
+    cv: CVConfig
 
 
 def _check_ranges(cfg: Config) -> None:
@@ -217,6 +228,8 @@ def _check_ranges(cfg: Config) -> None:
         ),
         (-1.0 <= cfg.promote.min_margin <= 1.0, "promote.min_margin", "must be in [-1, 1]"),
         (cfg.promote.format in FORMAT_NAMES, "promote.format", f"must be one of {FORMAT_NAMES}"),
+        (cfg.cv.folds == 0 or cfg.cv.folds >= 2, "cv.folds", "must be 0 (off) or >= 2"),
+        (cfg.cv.pool in CV_POOLS, "cv.pool", f"must be one of {CV_POOLS}"),
     ]
     for ok, key, why in checks:
         if not ok:

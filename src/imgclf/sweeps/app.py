@@ -30,6 +30,7 @@ from imgclf.compose import ENV_CONF_DIR, FIX_OVERRIDE, conf_dir
 from imgclf.config import config_from_dict
 from imgclf.errors import EXIT_USER_ERROR, ImgclfError
 from imgclf.lineage import lineage_tags
+from imgclf.sweeps.crossval import check_pool, run_cv_job
 from imgclf.sweeps.job import preprocess_dir, run_job
 from imgclf.sweeps.trial import TrialLink
 
@@ -51,7 +52,7 @@ def task(dcfg: DictConfig) -> dict[str, float]:
     cfg = config_from_dict(
         {str(k): v for k, v in raw.items()}, source="conf/ + overrides", fix=FIX_OVERRIDE
     )
-    if cfg.train.refit:  # a job is scored on validation, so it must not train on it
+    if cfg.train.refit and not cfg.cv.folds:  # scored on validation: must not train on it
         log.info("imgclf-train validates every job: train.refit applies to the train stage only")
         cfg = replace(cfg, train=replace(cfg.train, refit=False))
     hc = HydraConfig.get()
@@ -60,6 +61,7 @@ def task(dcfg: DictConfig) -> dict[str, float]:
     # The sweeper or the grid callback hands the job its parent run and trial through the
     # environment, which every launcher passes on (in-process, joblib workers, submitit).
     link = TrialLink.from_env()
+    check_pool(cfg, sweeping=multirun or link is not None)
     parent = None
     if link is not None:
         parent = link.parent_run_id
@@ -78,7 +80,8 @@ def task(dcfg: DictConfig) -> dict[str, float]:
         tags |= {"optuna.study": link.study_name, "optuna.trial": str(link.number)}
     elif multirun:
         tags["imgclf.job"] = str(hc.job.num)
-    result = run_job(
+    job = run_cv_job if cfg.cv.folds else run_job
+    result = job(
         cfg, preprocess_dir(), parent_run_id=parent, run_name=run_name, tags=tags, link=link
     )
     return result.metrics()
@@ -120,7 +123,9 @@ class MlflowSweepCallback(Callback):
             {
                 "job": run["tags"].get("imgclf.job", ""),
                 "status": run["status"],
-                "val_accuracy": run["metrics"].get("best_val_accuracy"),
+                "val_accuracy": run["metrics"].get(
+                    "best_val_accuracy", run["metrics"].get("cv_accuracy")
+                ),
                 "val_loss": run["metrics"].get("best_val_loss"),
                 "epochs": run["metrics"].get("epochs_run"),
                 "overrides": run["tags"].get("imgclf.overrides", ""),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class JobResult:
     n_params: int = 0
     pruned: bool = False
     peak_rss_mb: float = 0.0  # the training child's peak resident memory
+    extra: dict[str, float] = field(default_factory=dict)  # a cross-validated job's cv_* summary
 
     def metrics(self) -> dict[str, float]:
         """What a job returns to Hydra (and the Optuna sweeper reads its objective from)."""
@@ -53,6 +54,7 @@ class JobResult:
             "best_epoch": float(self.best_epoch),
             "epochs_run": float(self.epochs_run),
             "n_params": float(self.n_params),
+            **self.extra,
         }
 
 

@@ -1,0 +1,209 @@
+"""Grouped k-fold cross-validation: folds that keep near-duplicate groups whole, and their summary.
+
+The pool is the preprocess stage's tensors (Training_data, or every labelled file with
+``cv.pool=all``). Near-duplicate groups are ingest's leakage rule applied across the whole pool:
+two files are one group when their difference hashes are within ``data.near_dup_distance`` or
+their bytes are identical, transitively. A group never straddles a fold boundary, so every file
+is predicted once, by a model that saw neither it nor any of its twins.
+
+:func:`summarize` turns the out-of-fold predictions into, per metric, the mean over folds, their
+standard deviation and a 95 % interval of that mean from a group bootstrap: each replicate
+resamples every fold's groups with replacement (twins move together, since they are not
+independent evidence) and recomputes the fold means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from imgclf.artifacts import IngestOutputs, PreprocessOutputs
+from imgclf.errors import MissingInputError
+from imgclf.leakage import hamming_matrix
+
+SUBSETS = {"train": ("train", "val"), "all": ("train", "val", "test")}
+BOOTSTRAP_REPLICATES = 2000
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Every file cross-validation draws from, in tensor order."""
+
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray  # near-duplicate group id per file, across the whole pool
+    paths: list[str]
+
+
+def load_pool(preprocess: Path, pool: str, near_dup_distance: int) -> Pool:
+    """The pooled tensors of ``preprocess`` and their groups (from ingest's index beside it).
+
+    Raises:
+        MissingInputError: the preprocess or ingest outputs are missing.
+    """
+    pre = PreprocessOutputs(preprocess)
+    ingest = IngestOutputs(preprocess.parent / IngestOutputs.STAGE)
+    for need in (pre.dataset, pre.split, ingest.index):
+        if not need.is_file():
+            raise MissingInputError(
+                f"{need} not found: cross-validation pools the ingest and preprocess stages' "
+                "outputs; run `dvc pull data.dvc && dvc repro preprocess` first"
+            )
+    arrays = pre.load_dataset()
+    subsets = SUBSETS[pool]
+    rows = [r for s in subsets for r in pre.read_split(s)]
+    by_path = {r["path"]: r for r in ingest.read_index()}
+    hashes = [by_path[r["path"]]["dhash"] for r in rows]
+    digests = np.array([by_path[r["path"]]["sha256"] for r in rows])
+    near = (hamming_matrix(hashes) <= near_dup_distance) | (digests[:, None] == digests[None, :])
+    return Pool(
+        x=np.concatenate([arrays[f"x_{s}"] for s in subsets]),
+        y=np.concatenate([arrays[f"y_{s}"] for s in subsets]),
+        groups=connected_groups(near),
+        paths=[r["path"] for r in rows],
+    )
+
+
+def connected_groups(near: np.ndarray) -> np.ndarray:
+    """Group ids of the connected components of a boolean adjacency matrix."""
+    from scipy.sparse import csr_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    _, labels = connected_components(csr_matrix(near), directed=False)
+    return np.asarray(labels, dtype=np.int64)
+
+
+def grouped_folds(
+    y: np.ndarray, groups: np.ndarray, k: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``k`` (training, held-out) index pairs, stratified by class, groups kept whole."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    return [(np.sort(a), np.sort(b)) for a, b in splitter.split(np.zeros((len(y), 1)), y, groups)]
+
+
+def fold_arrays(
+    pool: Pool, fold: tuple[np.ndarray, np.ndarray], *, refit: bool, val_fraction: float, seed: int
+) -> dict[str, np.ndarray]:
+    """The recipe's view of one fold, shaped like the preprocess stage's tensors.
+
+    The fold's training part is what the recipe trains on. With ``refit`` it trains on all of it
+    for every epoch; without, a grouped inner validation split (``val_fraction`` of it, as
+    preprocess makes one) drives early stopping. The held-out part is ``x_test``: no choice is
+    ever made on it.
+    """
+    train, held = fold
+    if refit:
+        fit_idx, val_idx = train, train[:0]
+    else:
+        k = max(2, round(1 / val_fraction))
+        inner_fit, inner_val = grouped_folds(pool.y[train], pool.groups[train], k, seed)[0]
+        fit_idx, val_idx = train[inner_fit], train[inner_val]
+    return {
+        "x_train": pool.x[fit_idx],
+        "y_train": pool.y[fit_idx],
+        "x_val": pool.x[val_idx],
+        "y_val": pool.y[val_idx],
+        "x_test": pool.x[held],
+        "y_test": pool.y[held],
+    }
+
+
+# --- the summary ------------------------------------------------------------------------------
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """Rows: actual class, columns: predicted class."""
+    flat = np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes)
+    return flat.reshape(n_classes, n_classes)
+
+
+def scores(cm: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Accuracy, macro F1 and per-class precision, recall and F1 of one confusion matrix."""
+    diag = np.diag(cm).astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.nan_to_num(diag / cm.sum(axis=0))
+        recall = np.nan_to_num(diag / cm.sum(axis=1))
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
+    out = {"accuracy": float(diag.sum() / max(cm.sum(), 1)), "macro_f1": float(f1.mean())}
+    for i, name in enumerate(classes):
+        out |= {
+            f"precision_{name}": float(precision[i]),
+            f"recall_{name}": float(recall[i]),
+            f"f1_{name}": float(f1[i]),
+        }
+    return out
+
+
+def summarize(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    fold_of: np.ndarray,
+    groups: np.ndarray,
+    classes: Sequence[str],
+    *,
+    seed: int = 0,
+    replicates: int = BOOTSTRAP_REPLICATES,
+) -> dict[str, float]:
+    """``cv_<metric>`` (mean over folds), ``_std`` (their spread), ``_ci95_low``/``_high``.
+
+    Args:
+        y_true / y_pred: every pooled file's class and out-of-fold prediction.
+        fold_of: the fold that held each file out.
+        groups: each file's near-duplicate group (the bootstrap's unit).
+    """
+    n_classes = len(classes)
+    folds = np.unique(fold_of)
+    per_fold = [
+        scores(confusion(y_true[fold_of == f], y_pred[fold_of == f], n_classes), classes)
+        for f in folds
+    ]
+    names = list(per_fold[0])
+    values = np.array([[s[m] for m in names] for s in per_fold])  # folds x metrics
+    boot = _group_bootstrap(y_true, y_pred, fold_of, groups, classes, seed, replicates)
+    low, high = np.percentile(boot, [2.5, 97.5], axis=0)
+    out: dict[str, float] = {"cv_folds": float(len(folds)), "cv_n": float(len(y_true))}
+    for j, m in enumerate(names):
+        out |= {
+            f"cv_{m}": float(values[:, j].mean()),
+            f"cv_{m}_std": float(values[:, j].std(ddof=1)) if len(folds) > 1 else 0.0,
+            f"cv_{m}_ci95_low": float(low[j]),
+            f"cv_{m}_ci95_high": float(high[j]),
+        }
+    return out
+
+
+def _group_bootstrap(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    fold_of: np.ndarray,
+    groups: np.ndarray,
+    classes: Sequence[str],
+    seed: int,
+    replicates: int,
+) -> np.ndarray:
+    """Replicates x metrics: the fold means after resampling each fold's groups."""
+    n_classes = len(classes)
+    rng = np.random.default_rng(seed)
+    # Per fold, each group's confusion counts: a replicate sums the drawn groups' counts.
+    per_fold_counts = []
+    for f in np.unique(fold_of):
+        mask = fold_of == f
+        ids, inverse = np.unique(groups[mask], return_inverse=True)
+        cell = y_true[mask] * n_classes + y_pred[mask]
+        counts = np.zeros((len(ids), n_classes * n_classes))
+        np.add.at(counts, (inverse, cell), 1)
+        per_fold_counts.append(counts)
+    out = []
+    for _ in range(replicates):
+        fold_scores = []
+        for counts in per_fold_counts:
+            drawn = rng.integers(0, len(counts), len(counts))
+            cm = counts[drawn].sum(axis=0).reshape(n_classes, n_classes)
+            fold_scores.append(list(scores(cm, classes).values()))
+        out.append(np.mean(fold_scores, axis=0))
+    return np.array(out)
