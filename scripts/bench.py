@@ -30,7 +30,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_report import render, stage_times, write_benchmarks  # scripts/, beside this file
+import bench_cv  # scripts/, beside this file
+from bench_report import render, stage_times, write_benchmarks
 
 ROOT = Path(__file__).resolve().parents[1]
 # The baseline is the seed project's recipe: its plain CNN, constant Adam 1e-3, no label
@@ -178,10 +179,84 @@ def predict_speed(clone: Path, env: dict[str, str]) -> tuple[dict[str, float], d
     return batch, one_file
 
 
+def use_clone(clone: Path) -> None:
+    """From here on, imgclf in this process logs to, and reads from, the clone."""
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{clone / 'mlruns' / 'mlflow.db'}"
+    os.environ["PYTHONPATH"] = str(clone / "src")
+    sys.path.insert(0, str(clone / "src"))
+    os.chdir(clone)  # lineage tags and the store resolve from the clone, like a stage
+
+
+def machine() -> str:
+    return f"{os.cpu_count()} cores ({cpu_name()}), {platform.platform(terse=True)}"
+
+
+def host_cpu() -> str:
+    from imgclf.host import host_cpu as described
+
+    return described()
+
+
+def classes(clone: Path) -> list[str]:
+    from imgclf.artifacts import PreprocessOutputs
+
+    return PreprocessOutputs.in_project(clone).read_classes()
+
+
+def table(clone: Path, env: dict[str, str], args: argparse.Namespace, commit: str) -> None:
+    """The main table: repro times, input and prediction speed, test-set accuracy by seed."""
+    print("bench: full dvc repro", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro"], cwd=clone, env=env, capture_output=True, text=True)
+    repro_s = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.exit(f"bench: dvc repro failed:\n{proc.stderr[-4000:]}")
+    log_text = proc.stdout + proc.stderr  # the stage doors log "<stage>: done in N s"
+    noop_s = min(sh(["dvc", "repro"], clone, env)[0] for _ in range(3))
+    use_clone(clone)
+    from imgclf.artifacts import EvaluateOutputs
+    from imgclf.predict import default_model_uri
+
+    print("bench: input throughput", flush=True)
+    cached, decoded = input_throughput(clone, batch_size=32)
+    print("bench: prediction", flush=True)
+    batch, one_file = predict_speed(clone, env)
+    print("bench: test-set accuracy over seeds", flush=True)
+    acc_rows = accuracy_rows(clone, args.seeds)
+    metrics = EvaluateOutputs.in_project(clone).read_metrics()
+    results = {
+        "date": dt.date.today().isoformat(),
+        "machine": machine(),
+        "commit": commit,
+        "seeds": args.seeds,
+        "accuracy": acc_rows,
+        "n_leakfree": metrics.get("n_leakfree", "?"),
+        "repro_s": repro_s,
+        "noop_s": noop_s,
+        "stages": stage_times(log_text),
+        "cached_ips": cached,
+        "decoded_ips": decoded,
+        "batch_ips": batch,
+        "one_file": one_file,
+        "champion": default_model_uri(clone),
+    }
+    block = render(results)
+    print(block)
+    write_benchmarks(args.out, block)
+    bench_cv.write_json(args.json, {"table": results | {"host_cpu": host_cpu()}})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks.json")
+    parser.add_argument(
+        "--only",
+        choices=("all", "cv"),
+        default="all",
+        help="cv: only the cross-validation rows (their own block of BENCHMARKS.md)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone")
     args = parser.parse_args()
 
@@ -202,48 +277,20 @@ def main() -> int:
         print(f"bench: cloning into {clone}", flush=True)
         sh(["git", "clone", "--quiet", str(ROOT), str(clone)], ROOT.parent, env)
         sh(["dvc", "pull", "--quiet", "data.dvc"], clone, env)
-        print("bench: full dvc repro", flush=True)
-        t0 = time.perf_counter()
-        proc = subprocess.run(["dvc", "repro"], cwd=clone, env=env, capture_output=True, text=True)
-        repro_s = time.perf_counter() - t0
-        if proc.returncode != 0:
-            sys.exit(f"bench: dvc repro failed:\n{proc.stderr[-4000:]}")
-        log_text = proc.stdout + proc.stderr  # the stage doors log "<stage>: done in N s"
-        noop_s = min(sh(["dvc", "repro"], clone, env)[0] for _ in range(3))
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{clone / 'mlruns' / 'mlflow.db'}"
-        os.environ["PYTHONPATH"] = str(clone / "src")
-        sys.path.insert(0, str(clone / "src"))
-        os.chdir(clone)  # lineage tags and the store resolve from the clone, like a stage
-        from imgclf.artifacts import EvaluateOutputs
-        from imgclf.predict import default_model_uri
-
-        print("bench: input throughput", flush=True)
-        cached, decoded = input_throughput(clone, batch_size=32)
-        print("bench: prediction", flush=True)
-        batch, one_file = predict_speed(clone, env)
-        print("bench: accuracy over seeds", flush=True)
-        acc_rows = accuracy_rows(clone, args.seeds)
-        metrics = EvaluateOutputs.in_project(clone).read_metrics()
-        results = {
-            "date": dt.date.today().isoformat(),
-            "machine": f"{os.cpu_count()} cores ({cpu_name()}), {platform.platform(terse=True)}",
-            "commit": commit,
-            "seeds": args.seeds,
-            "accuracy": acc_rows,
-            "n_leakfree": metrics.get("n_leakfree", "?"),
-            "repro_s": repro_s,
-            "noop_s": noop_s,
-            "stages": stage_times(log_text),
-            "cached_ips": cached,
-            "decoded_ips": decoded,
-            "batch_ips": batch,
-            "one_file": one_file,
-            "champion": default_model_uri(clone),
-        }
-        block = render(results)
+        if args.only == "cv":
+            sh(["dvc", "repro", "--quiet", "preprocess"], clone, env)
+            use_clone(clone)
+        else:
+            table(clone, env, args, commit)
+        print("bench: grouped cross-validation", flush=True)
+        cv = bench_cv.cv_rows(clone, [], SEED_RECIPE)
+        cv |= {"date": dt.date.today().isoformat(), "machine": machine(), "commit": commit}
+        cv["host_cpu"] = host_cpu()
+        block = bench_cv.render(cv, classes(clone))
         print(block)
-        write_benchmarks(args.out, block)
-        print(f"bench: wrote {args.out}")
+        write_benchmarks(args.out, block, bench_cv.START, bench_cv.END)
+        bench_cv.write_json(args.json, bench_cv.figures(cv))
+        print(f"bench: wrote {args.out} and {args.json}")
     finally:
         if not args.keep:
             shutil.rmtree(clone, ignore_errors=True)

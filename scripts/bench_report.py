@@ -67,15 +67,13 @@ def render(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_benchmarks(path: Path, block: str) -> None:
-    """Replace the generated block in ``path``, keeping the hand-written notes around it."""
-    text = (
-        path.read_text(encoding="utf-8") if path.is_file() else f"# Benchmarks\n\n{START}\n{END}\n"
-    )
-    if START not in text or END not in text:
-        text = f"{text.rstrip()}\n\n{START}\n{END}\n"
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
+def write_benchmarks(path: Path, block: str, start: str = START, end: str = END) -> None:
+    """Replace the generated block between ``start`` and ``end``, keeping the rest of ``path``."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
+    if start not in text or end not in text:
+        text = f"{text.rstrip()}\n\n{start}\n{end}\n"
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(head + block + tail, encoding="utf-8")
     os.replace(tmp, path)
