@@ -240,7 +240,8 @@ class TrainOutputs(Outputs):
 
 class EvaluateOutputs(Outputs):
     STAGE = "evaluate"
-    metrics = File("metrics.json")  # flat scalars, for dvc metrics show
+    metrics = File("metrics.json")  # the headline scalars: a DVC metric, kept narrow
+    per_class = File("per_class.json")  # precision/recall/F1/support per class: a plain out
     confusion = File("confusion.json")  # both confusion matrices, rows true
     predictions = File("predictions.csv")  # dvc plots confusion sources
     predictions_leakfree = File("predictions_leakfree.csv")
@@ -253,6 +254,12 @@ class EvaluateOutputs(Outputs):
 
     def read_metrics(self) -> dict[str, Any]:
         return dict(read_json(self.metrics))
+
+    def write_per_class(self, per_class: dict[str, dict[str, float]]) -> None:
+        write_json(self.per_class, per_class)
+
+    def read_per_class(self) -> dict[str, dict[str, float]]:
+        return dict(read_json(self.per_class))
 
     def write_confusion(self, classes: list[str], matrices: dict[str, Any]) -> None:
         write_json(self.confusion, {"classes": classes, **matrices})
@@ -297,7 +304,7 @@ class ExportOutputs(Outputs):
     STAGE = "export"
     formats = File("formats")  # a ModelFolder, the very folder the registered version stores
     registered = File("registered.json")  # name, version, aliases, uri, formats
-    parity = File(ModelFolder.parity.name)  # the model folder's, again as a DVC metric
+    parity = File(ModelFolder.parity.name)  # the model folder's, again, committed to git
 
     @property
     def model(self) -> ModelFolder:

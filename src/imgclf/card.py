@@ -25,10 +25,6 @@ from imgclf.config import Config
 KIND_TAG = "kind"
 # Fewer epochs than this is a smoke test (e.g. `dvc exp run -S train.epochs=3`), whatever else.
 SMOKE_MAX_EPOCHS = 9
-# Tags that only repeat what the card, the run or the version's own fields hold: not set on a
-# version, so the tags left are the ones a user filters on (kind, data_md5, metrics, formats...).
-REDUNDANT_TAG_PREFIXES = ("parity.",)
-REDUNDANT_TAGS = ("run_id",)  # the version's own run_id field
 
 
 def version_kind(epochs_run: int, lineage: Mapping[str, str]) -> str:
@@ -39,15 +35,6 @@ def version_kind(epochs_run: int, lineage: Mapping[str, str]) -> str:
     if lineage.get("dvc_exp_name") or lineage.get("git_commit", "").endswith("-dirty"):
         return "experiment"
     return "release"
-
-
-def slim_tags(tags: Mapping[str, str]) -> dict[str, str]:
-    """``tags`` without the ones :data:`REDUNDANT_TAG_PREFIXES`/:data:`REDUNDANT_TAGS` name."""
-    return {
-        k: v
-        for k, v in tags.items()
-        if k not in REDUNDANT_TAGS and not k.startswith(REDUNDANT_TAG_PREFIXES)
-    }
 
 
 def _pct(value: float | None) -> str:

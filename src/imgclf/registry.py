@@ -1,11 +1,14 @@
 """The model registry as imgclf uses it: aliases only, a readable ``@champion`` history, and
 verified loading of any exported format of a version.
 
-Conventions on each version (all MLflow model version tags):
+Conventions on each version (all MLflow model version tags: only what a user filters on or
+a loader must trust; the rest is in the model card, the run and the version's files):
 
-- ``sha256.<path>``: the sha256 of every exported file (``formats/<path>`` in the version);
+- ``imgclf.manifest_sha256``: the sha256 of ``formats/manifest.json``, which lists the sha256 of
+  every exported file: loading checks the manifest against the tag (kept apart from the files),
+  then each file against the manifest (older versions' ``sha256.<path>`` tags still count);
 - ``formats``: the formats that passed their parity check; ``format.<name>``: ``valid`` or
-  ``invalid: <why>``; ``parity.<name>.max_abs_diff`` / ``.label_agreement``;
+  ``invalid: <why>`` (each format's parity numbers are in the card and the run);
 - ``imgclf.model_sha256``: the sha256 of the trained model file (``TrainOutputs.model``) the
   version was exported from, and ``imgclf.export_settings``: a hash of the export settings that
   shape its files. Export reconciles by this pair: a trained model is registered once, and a
@@ -32,13 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from imgclf import tracking
-from imgclf.artifacts import FORMAT_FILES
-from imgclf.predictors import Predictor, load_predictor, verify_files
+from imgclf.artifacts import FORMAT_FILES, ModelFolder
+from imgclf.fileio import read_json
+from imgclf.predictors import IntegrityError, Predictor, load_predictor, sha256_file, verify_files
 from imgclf.tracking import VersionInfo
 
 log = logging.getLogger(__name__)
 
-SHA_PREFIX = "sha256."
+MANIFEST_SHA_TAG = "imgclf.manifest_sha256"
+LEGACY_SHA_PREFIX = "sha256."  # one tag per file, on versions registered before the manifest tag
 FORMATS_TAG = "formats"  # the formats that passed their parity check, comma-separated
 MOVED_PREFIX = "champion.moved."
 LEFT_PREFIX = "champion.left."
@@ -112,7 +117,7 @@ def fetch_version(info: VersionInfo, dst: Path) -> bool:
         got = tracking.download_version_folder(info.name, info.version, dst.parent)
         if got != dst:
             os.replace(got, dst)
-        expected = expected_hashes(info)
+        expected = expected_hashes(info, dst)
         for fmt in valid_formats(info):
             verify_files(dst, FORMAT_FILES[fmt], expected)
     except Exception as exc:  # noqa: BLE001 - whatever failed, this version cannot be reused
@@ -142,9 +147,23 @@ def point_export_aliases(
     return [challenger] + ([champion] if current == version else [])
 
 
-def expected_hashes(info: VersionInfo) -> dict[str, str]:
-    """``{path: sha256}`` recorded on the version at export."""
-    return {k.removeprefix(SHA_PREFIX): v for k, v in info.tags.items() if k.startswith(SHA_PREFIX)}
+def expected_hashes(info: VersionInfo, folder: Path) -> dict[str, str]:
+    """``{path: sha256}`` recorded at export: the manifest downloaded into ``folder``, once its
+    own sha256 matches the version's :data:`MANIFEST_SHA_TAG`.
+
+    Raises:
+        IntegrityError: the version records no hash, or the manifest is missing or changed.
+    """
+    pre = LEGACY_SHA_PREFIX
+    if legacy := {k.removeprefix(pre): v for k, v in info.tags.items() if k.startswith(pre)}:
+        return legacy
+    digest, manifest = info.tags.get(MANIFEST_SHA_TAG, ""), ModelFolder(folder).manifest
+    if not manifest.is_file() or sha256_file(manifest) != digest:
+        raise IntegrityError(
+            f"{manifest}: missing, or its sha256 differs from the {digest[:12] or 'no'}… "
+            f"{MANIFEST_SHA_TAG} of {info.name} version {info.version}; refusing to load it"
+        )
+    return dict(read_json(manifest))
 
 
 def valid_formats(info: VersionInfo) -> list[str]:
@@ -175,13 +194,19 @@ def load_version(info: VersionInfo, fmt: str, cache_dir: Path | None = None) -> 
         raise LookupError(f"{info.name} version {info.version} has no valid {fmt} file ({why})")
     rel = FORMAT_FILES[fmt]
     if cache_dir is not None:
-        tracking.download_version_files(info.name, info.version, rel, cache_dir)
-        return load_predictor(fmt, cache_dir, expected_hashes(info))
+        return _download_and_load(info, fmt, rel, cache_dir)
     # Every runtime holds the model in memory (or mmaps it, which outlives the unlink on
     # POSIX) once loaded, so the downloaded copy need not stay on disk.
     with tempfile.TemporaryDirectory(prefix="imgclf-model-") as tmp:
-        tracking.download_version_files(info.name, info.version, rel, Path(tmp))
-        return load_predictor(fmt, Path(tmp), expected_hashes(info))
+        return _download_and_load(info, fmt, rel, Path(tmp))
+
+
+def _download_and_load(info: VersionInfo, fmt: str, rel: str, folder: Path) -> Predictor:
+    tracking.download_version_files(info.name, info.version, rel, folder)
+    if not any(k.startswith(LEGACY_SHA_PREFIX) for k in info.tags):
+        name = ModelFolder.manifest.name
+        tracking.download_version_files(info.name, info.version, name, folder)
+    return load_predictor(fmt, folder, expected_hashes(info, folder))
 
 
 def utc_now() -> str:

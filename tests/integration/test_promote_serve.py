@@ -26,7 +26,7 @@ from imgclf.artifacts import FORMAT_FILES
 from imgclf.config import FORMAT_NAMES
 from imgclf.fileio import read_json
 from imgclf.predict import ModelLoadError, load_model
-from imgclf.predictors import IntegrityError, verify_files
+from imgclf.predictors import IntegrityError, sha256_file, verify_files
 from imgclf.promote import Measured, judge
 from imgclf.stages import evaluate, export
 from tests.conftest import TINY_CLASSES, draw_class_image, tiny_config, write_params
@@ -126,9 +126,13 @@ def test_export_registers_every_format_with_parity_and_hashes(reg):
         assert 0.0 <= parity[fmt]["max_abs_diff"] <= 1e-4
     # Keras formats run the very same graph: bit-identical probabilities.
     assert parity["h5"]["max_abs_diff"] == parity["keras"]["max_abs_diff"] == 0.0
-    manifest = read_json(reg["art"] / "export" / "formats" / "manifest.json")
-    hashes = registry.expected_hashes(info)
-    assert hashes == manifest
+    folder = reg["art"] / "export" / "formats"
+    manifest = read_json(folder / "manifest.json")
+    # The version's tags are the filterable ones: one hash (the manifest's), no per-file hash,
+    # parity number or run id (the card, the run and the version's own fields hold those).
+    assert info.tags[registry.MANIFEST_SHA_TAG] == sha256_file(folder / "manifest.json")
+    assert not [k for k in info.tags if k.startswith(("sha256.", "parity.")) or k == "run_id"]
+    assert registry.expected_hashes(info, folder) == manifest
     assert {
         "model.h5",
         "model.keras",
@@ -271,12 +275,20 @@ def test_tampered_registry_file_is_refused(reg, tmp_path):
     base = MlflowClient().get_model_version_download_uri(NAME, "1")
     stored = Path(base.removeprefix("file://")) / "formats" / "model.keras"
     original = stored.read_bytes()
+    listed = stored.parent / "manifest.json"
+    original_manifest = listed.read_bytes()
     try:
         stored.write_bytes(original[:-10] + b"0123456789")
         with pytest.raises(IntegrityError, match="model.keras: sha256"):
             registry.load_version(info, "keras", tmp_path / "dl")
+        # A manifest rewritten to match the changed file no longer matches the version's tag.
+        manifest = read_json(listed) | {"model.keras": sha256_file(stored)}
+        listed.write_text(json.dumps(manifest, indent=2))
+        with pytest.raises(IntegrityError, match="manifest.json: missing, or its sha256 differs"):
+            registry.load_version(info, "keras", tmp_path / "dl2")
     finally:
         stored.write_bytes(original)
+        listed.write_bytes(original_manifest)
 
 
 # --- promotion ----------------------------------------------------------------------------------

@@ -160,7 +160,7 @@ def assert_agreement(root: Path) -> tracking.VersionInfo:
     (info,) = _versions_of(key)  # the trained model is registered once, with these settings
     assert record["version"] == info.version and record[registry.MODEL_SHA_TAG] == key[0]
     assert set(record["aliases"]) <= set(info.aliases) and "challenger" in info.aliases
-    assert ModelFolder(out.formats).read_manifest() == registry.expected_hashes(info)
+    assert ModelFolder(out.formats).read_manifest() == registry.expected_hashes(info, out.formats)
     assert out.parity.read_bytes() == ModelFolder(out.formats).parity.read_bytes()
     keys = [
         (v.tags.get(registry.MODEL_SHA_TAG), v.tags.get(registry.SETTINGS_TAG))

@@ -30,11 +30,6 @@ def test_kind_tells_a_smoke_test_from_an_experiment_and_a_release():
     assert card.version_kind(60, {"git_commit": "abc"}) == "release"
 
 
-def test_slim_tags_drop_what_the_card_and_the_version_hold():
-    tags = {"parity.onnx.max_abs_diff": "1e-7", "run_id": "r", "data_md5": "d", "formats": "h5"}
-    assert card.slim_tags(tags) == {"data_md5": "d", "formats": "h5"}
-
-
 def test_card_holds_the_numbers_with_intervals_per_class_parity_and_limits():
     text = card.render(
         name="idcards",

@@ -4,14 +4,15 @@ The test set may share images with training (see ingest's leakage report), so ac
 reported on the leak-free subset: test files with no exact or near twin in Training_data
 (``leak == 0`` in preprocess's split). Both come with a 95 % Wilson interval.
 
-Outputs: :class:`imgclf.artifacts.EvaluateOutputs` (the flat metrics for ``dvc metrics show``:
-``accuracy``, ``macro_f1``, ``leakfree_accuracy``, ``leakfree_macro_f1``, ``n_test``,
-``n_leakfree``, ``n_leaky``, ``*_ci95_low/high``, per-class precision/recall/F1; both confusion
-matrices, rows true and columns predicted; the predictions of the whole and of the leak-free
-test set as ``dvc plots`` confusion sources; and the figures). The metrics go to the MLflow run
-that train created, the data files under its ``evaluate/`` folder, and the figures (plus a
-gallery of the misclassified test images) at the run's top level: MLflow's compare view shows
-the top-level files two runs share side by side.
+Outputs: :class:`imgclf.artifacts.EvaluateOutputs` (the headline scalars for ``dvc metrics
+show``: ``accuracy``, ``macro_f1``, ``leakfree_accuracy``, ``leakfree_macro_f1``, ``n_test``,
+``n_leakfree``, ``n_leaky``, ``*_ci95_low/high``, ``host_cpu``; the per-class
+precision/recall/F1 in a file of their own, so the metrics table stays one screen wide; both
+confusion matrices, rows true and columns predicted; the predictions of the whole and of the
+leak-free test set as ``dvc plots`` confusion sources; and the figures). The metrics go to
+the MLflow run that train created, the data files under its ``evaluate/`` folder, and the
+figures (plus a gallery of the misclassified test images) at the run's top level: MLflow's
+compare view shows the top-level files two runs share side by side.
 """
 
 from __future__ import annotations
@@ -59,11 +60,14 @@ def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) ->
     leak = pre.read_leak_flags(len(y_test))
     metrics = score(y_test, y_pred, leak, classes)
     free = ~leak
-    # Matrices are not scalars: keep them out of the metrics file, so `dvc metrics show` stays flat.
+    # Only the headline scalars go to the metrics file: `dvc metrics show` and `dvc exp show`
+    # print one column per key, so matrices and per-class scores get files of their own.
     confusion = {k: metrics.pop(k) for k in ("confusion_matrix", "confusion_matrix_leakfree")}
+    headline = {k: v for k, v in metrics.items() if k != "per_class"}
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    out.write_metrics({**metrics, "host_cpu": host_cpu()})  # the numbers depend on the CPU
+    out.write_metrics({**headline, "host_cpu": host_cpu()})  # the numbers depend on the CPU
+    out.write_per_class(metrics["per_class"])
     out.write_confusion(classes, confusion)
     top = probs.max(axis=1)
     write_predictions(out.predictions, classes, y_test, y_pred, top)

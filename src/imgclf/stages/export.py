@@ -25,7 +25,7 @@ or publish (:mod:`imgclf.orphans`).
 Outputs: :class:`imgclf.artifacts.ExportOutputs`: the model folder (every valid format, the
 class names, the input size and aspect fit that predict applies to new images, the sha256 of
 every file and the per-format parity: the very folder the version stores), the parity again as a
-DVC metric, and what was registered.
+small git-tracked file, and what was registered.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ def _export_or_reuse(
 ) -> tuple[ExportResult, dict[str, Any]]:
     name = cfg.mlflow.registered_model_name
     model_sha, settings = sha256_file(train_out.model), export_settings(cfg)
-    metrics = EvaluateOutputs(evaluate_dir).read_metrics()
+    evaluated = EvaluateOutputs(evaluate_dir)
+    metrics = {**evaluated.read_metrics(), "per_class": evaluated.read_per_class()}
     metric_tags = {
         "test_accuracy": f"{metrics['accuracy']:.4f}",
         "test_macro_f1": f"{metrics['macro_f1']:.4f}",
@@ -257,6 +258,9 @@ def _register(
 
     name = cfg.mlflow.registered_model_name
     height, width = (int(d) for d in model.input_shape[1:3])
+    # Only tags a user filters on or a loader must trust: per-file hashes are in the manifest
+    # (whose own hash is tagged), parity numbers in the card and the run, the run id is the
+    # version's own field.
     version_tags = {
         **lineage_tags(),
         **metric_tags,
@@ -271,10 +275,7 @@ def _register(
             f"format.{p.format}": "valid" if p.valid else f"invalid: {p.reason}"[:5000]
             for p in parity
         },
-        **{f"parity.{p.format}.max_abs_diff": f"{p.max_abs_diff:.3g}" for p in parity},
-        **{f"parity.{p.format}.label_agreement": f"{p.label_agreement:.4f}" for p in parity},
-        **{f"{registry.SHA_PREFIX}{rel}": digest for rel, digest in hashes.items()},
-        "run_id": run_id,
+        registry.MANIFEST_SHA_TAG: sha256_file(folder.manifest),
     }
     # Files first, version second: the version is created only once every file it names is
     # stored, with all its tags in the same call.
@@ -292,7 +293,7 @@ def _register(
         metrics=_parity_metrics(parity),
     )
     orphans.check("register a model version")
-    version = tracking.register_version(name, source, card.slim_tags(version_tags))
+    version = tracking.register_version(name, source, version_tags)
     pause("registered")
     try:
         aliases = _set_aliases(cfg, name, version, [])
