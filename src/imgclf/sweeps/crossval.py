@@ -40,7 +40,8 @@ FOLD_TAG = "imgclf.fold"
 class FoldResult:
     held: np.ndarray  # pool indices this fold held out
     proba: np.ndarray  # their predicted class probabilities
-    train_seconds: float  # model build and training, in the fold's process
+    train_seconds: float  # model build and training, in the fold's process: wall clock
+    cpu_seconds: float  # the same span's CPU time (user + system, every thread)
     best_epoch: int
     epochs_run: int
     n_params: int
@@ -154,7 +155,12 @@ def _summarize(
     picked = np.clip(proba[np.arange(len(held)), y_true], 1e-7, 1.0)
     loss = float(-np.log(picked).mean())
     seconds = float(sum(f.train_seconds for f in folds))
-    summary |= {"cv_loss": loss, "cv_train_seconds": round(seconds, 1)}
+    cpu_seconds = float(sum(f.cpu_seconds for f in folds))
+    summary |= {
+        "cv_loss": loss,
+        "cv_train_seconds": round(seconds, 1),
+        "cv_train_cpu_seconds": round(cpu_seconds, 1),
+    }
     tracking.log_metrics(summary)
     with tempfile.TemporaryDirectory(prefix="imgclf-cv-") as tmp:
         out = CVOutputs(tmp)
@@ -205,13 +211,14 @@ def train_fold(cfg: Config, preprocess: Path, index: int, run_id: str, holder: i
     with tracking.open_run(cfg.mlflow.experiment_name, "fold", run_id=run_id):
         tracking.set_tags({tracking.PID_TAG: str(holder)})
         tracking.log_params(flatten(cfg, (*JOB_SECTIONS, "cv")))
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         model, train_ds, val_ds = prepare(cfg, arrays, n_classes)
         keeper = _best_weights(state)
         fit(model, train_ds, val_ds, cfg.train, state=state, callbacks=[keeper])
         if val_ds is not None and keeper.weights is not None:
             model.set_weights(keeper.weights)
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started
         proba = np.asarray(
             model.predict(arrays["x_test"], batch_size=cfg.evaluate.batch_size, verbose=0)
         )
@@ -220,6 +227,7 @@ def train_fold(cfg: Config, preprocess: Path, index: int, run_id: str, holder: i
             {
                 "fold_accuracy": accuracy,
                 "train_seconds": round(seconds, 1),
+                "train_cpu_seconds": round(cpu_seconds, 1),
                 "best_epoch": state.best_epoch,
                 "epochs_run": state.epochs_done,
                 "n_train": len(arrays["y_train"]),
@@ -231,6 +239,7 @@ def train_fold(cfg: Config, preprocess: Path, index: int, run_id: str, holder: i
         held=fold[1],
         proba=proba,
         train_seconds=seconds,
+        cpu_seconds=cpu_seconds,
         best_epoch=state.best_epoch,
         epochs_run=state.epochs_done,
         n_params=int(model.count_params()),
