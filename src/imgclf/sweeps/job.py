@@ -31,7 +31,13 @@ ENV_PREPROCESS_DIR = "IMGCLF_PREPROCESS_DIR"
 ENV_TEST_SEGFAULT = "IMGCLF_TEST_SEGFAULT"
 JOB_SECTIONS = ("data", "model", "optimizer", "augment", "train")
 # Imported once by the fork server, so each job's child starts with TensorFlow loaded.
-CHILD_PRELOAD = ("tensorflow", "keras", "imgclf.training", "imgclf.sweeps.job")
+CHILD_PRELOAD = (
+    "imgclf.sweeps.preload",
+    "tensorflow",
+    "keras",
+    "imgclf.training",
+    "imgclf.sweeps.job",
+)
 
 
 @dataclass
