@@ -305,38 +305,3 @@ def describe(name: str, alias: str = "champion") -> dict[str, Any]:
         "versions": versions,
         "history": [m.__dict__ for m in history(name, alias)],
     }
-
-
-def render(desc: dict[str, Any]) -> str:
-    """``imgclf registry``'s text: a versions table, then the champion history."""
-    lines = [f"Registered model {desc['name']}", ""]
-    header = f"{'version':>7}  {'aliases':<22} {'acc':>6} {'leakfree':>8} {'data_md5':<10} formats"
-    lines += [header, "-" * len(header)]
-    for v in desc["versions"]:
-        lines.append(
-            f"{v['version']:>7}  {','.join(v['aliases']) or '-':<22} "
-            f"{v['test_accuracy'] or '-':>6} {v['test_leakfree_accuracy'] or '-':>8} "
-            f"{(v['data_md5'] or '-')[:10]:<10} {v[FORMATS_TAG] or '-'}"
-        )
-        for fmt, why in v["invalid_formats"].items():
-            lines.append(f"{'':>9}{fmt}: {why}")
-    lines += ["", "@champion history (oldest first)"]
-    if not desc["history"]:
-        lines.append("  (no recorded move)")
-    for m in desc["history"]:
-        compared = ""
-        cand, champ = m["metrics"].get("candidate"), m["metrics"].get("champion")
-        if cand:
-            metric = m["metrics"].get("metric", "leakfree_accuracy")
-            compared = f"; {metric} {_fmt(cand.get(metric))}"
-            if champ:
-                compared += f" vs {_fmt(champ.get(metric))}"
-        lines.append(
-            f"  {m['at']}  {m['from_version'] or 'none'} -> {m['to_version']}"
-            f"{'  FORCED' if m['forced'] else ''}  {m['reason']}{compared}"
-        )
-    return "\n".join(lines)
-
-
-def _fmt(value: Any) -> str:
-    return "-" if value is None else f"{float(value):.4f}"
