@@ -26,6 +26,7 @@ import io
 import json
 import os
 import platform
+import resource
 import socket
 import statistics
 import subprocess
@@ -146,6 +147,7 @@ def load(server: Server, image: bytes, clients: int, total: int, keep_alive: boo
         return out
 
     cpu0 = server.cpu_seconds()
+    client0 = client_cpu_seconds()
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = [r for rs in pool.map(worker, per) for r in rs]
@@ -162,7 +164,14 @@ def load(server: Server, image: bytes, clients: int, total: int, keep_alive: boo
         "p95_ms": q[94] * 1000,
         "p99_ms": q[98] * 1000,
         "server_cpu_ms_per_request": (server.cpu_seconds() - cpu0) / total * 1000,
+        "client_cpu_ms_per_request": (client_cpu_seconds() - client0) / total * 1000,
     }
+
+
+def client_cpu_seconds() -> float:
+    """User + system CPU time of this process (the load generator; the server is a child)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def raw(port: int, payload: bytes, wait: float, trickle: float = 0.0) -> tuple[str, float]:

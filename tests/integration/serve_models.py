@@ -22,8 +22,12 @@ CLASSES = ["alpha", "beta", "gamma"]
 HEIGHT, WIDTH = 32, 48
 
 
-def colour_model(weights: np.ndarray) -> onnx.ModelProto:
-    """uint8 (N, 32, 48, 3) -> softmax(mean RGB @ weights), (N, 3)."""
+def colour_model(weights: np.ndarray, fails: bool = False) -> onnx.ModelProto:
+    """uint8 (N, 32, 48, 3) -> softmax(mean RGB @ weights), (N, 3).
+
+    ``fails``: every call raises in onnxruntime (the output gathers a 6th class that is not
+    there), while the model still loads: a model error at request time.
+    """
     w = helper.make_tensor("w", TensorProto.FLOAT, [3, 3], weights.astype(np.float32).ravel())
     nodes = [
         helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT),
@@ -31,12 +35,17 @@ def colour_model(weights: np.ndarray) -> onnx.ModelProto:
         helper.make_node("MatMul", ["m", "w"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
     ]
+    initializer = [w]
+    if fails:
+        nodes[-1].output[0] = "soft"
+        nodes.append(helper.make_node("Gather", ["soft", "classes"], ["probs"], axis=1))
+        initializer.append(helper.make_tensor("classes", TensorProto.INT64, [3], [0, 1, 5]))
     graph = helper.make_graph(
         nodes,
         "colour",
         [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", HEIGHT, WIDTH, 3])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 3])],
-        initializer=[w],
+        initializer=initializer,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
@@ -48,10 +57,12 @@ IDENTITY = np.eye(3) * 0.1
 ROTATED = np.roll(np.eye(3), 1, axis=1) * 0.1  # answers the next class: a different model
 
 
-def write_export(folder: Path, weights: np.ndarray = IDENTITY, fit: str = "stretch") -> Path:
+def write_export(
+    folder: Path, weights: np.ndarray = IDENTITY, fit: str = "stretch", fails: bool = False
+) -> Path:
     """An export-like model folder: model.onnx, classes, input spec and the sha256 manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    onnx.save(colour_model(weights), folder / FORMAT_FILES["onnx"])
+    onnx.save(colour_model(weights, fails), folder / FORMAT_FILES["onnx"])
     out = ModelFolder(folder)
     out.write_classes(CLASSES)
     out.write_input_spec({"image_height": HEIGHT, "image_width": WIDTH, "fit": fit})

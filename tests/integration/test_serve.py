@@ -220,6 +220,21 @@ def test_refusals_have_status_and_reason(server, tiny_dataset):
         assert got.startswith(b"HTTP/1.1 400 ") and b'"bad_request"' in got
 
 
+def test_a_failing_model_call_answers_each_request_and_the_server_goes_on(work, tiny_dataset):
+    served = Served(write_export(work / "failing", fails=True), work)
+    try:
+        alpha = class_image(tiny_dataset, "alpha")
+        with ThreadPoolExecutor(6) as pool:  # concurrent: they share model calls
+            results = list(pool.map(lambda _: served.post_image(alpha), range(6)))
+        assert [(s, body["error"]) for s, body, _ in results] == [(500, "internal_error")] * 6
+        assert served.call("GET", "/health")[0] == 200
+        status, err, _ = served.post_image(b"not an image")  # refusals are still per request
+        assert (status, err["error"]) == (422, "not_an_image")
+    finally:
+        code, log = served.stop()
+    assert code == 0 and "POST /predict failed" in log
+
+
 def test_image_limits_are_checked_before_decoding(server):
     # 8000x8000 declared by a header-only PNG: 413 without decoding a pixel.
     from tests.unit.test_images import _png_header_only

@@ -19,6 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio.to_thread
@@ -105,10 +106,12 @@ class Batcher:
         self._pending: deque[tuple[LoadedModel, np.ndarray, asyncio.Future]] = deque()
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self.calls = 0
         self.images = 0
 
     def start(self) -> None:
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="imgclf-model")
         self._wake = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run(), name="imgclf-batcher")
 
@@ -117,6 +120,8 @@ class Batcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._thread is not None:
+            self._thread.shutdown(wait=False)
 
     async def predict(self, loaded: LoadedModel, image: np.ndarray) -> np.ndarray:
         """The model's probabilities for one prepared image."""
@@ -128,6 +133,7 @@ class Batcher:
 
     async def _run(self) -> None:
         assert self._wake is not None
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -142,7 +148,7 @@ class Batcher:
                     batch.append(self._pending.popleft())
                 x = np.stack([b[1] for b in batch])
                 try:
-                    probs = await anyio.to_thread.run_sync(model.predictor.predict, x)
+                    probs = await loop.run_in_executor(self._thread, model.predictor.predict, x)
                 except Exception as exc:  # noqa: BLE001 - handed to each waiting request
                     for *_, fut in batch:
                         if not fut.done():
