@@ -164,7 +164,8 @@ def summarize(
     ]
     names = list(per_fold[0])
     values = np.array([[s[m] for m in names] for s in per_fold])  # folds x metrics
-    boot = _group_bootstrap(y_true, y_pred, fold_of, groups, classes, seed, replicates)
+    counts = _group_counts(y_true, y_pred, fold_of, groups, n_classes)
+    boot = _group_bootstrap(counts, classes, seed, replicates)
     low, high = np.percentile(boot, [2.5, 97.5], axis=0)
     out: dict[str, float] = {"cv_folds": float(len(folds)), "cv_n": float(len(y_true))}
     for j, m in enumerate(names):
@@ -177,33 +178,32 @@ def summarize(
     return out
 
 
-def _group_bootstrap(
-    y_true: np.ndarray,
-    y_pred: np.ndarray,
-    fold_of: np.ndarray,
-    groups: np.ndarray,
-    classes: Sequence[str],
-    seed: int,
-    replicates: int,
-) -> np.ndarray:
-    """Replicates x metrics: the fold means after resampling each fold's groups."""
-    n_classes = len(classes)
-    rng = np.random.default_rng(seed)
-    # Per fold, each group's confusion counts: a replicate sums the drawn groups' counts.
-    per_fold_counts = []
+def _group_counts(
+    y_true: np.ndarray, y_pred: np.ndarray, fold_of: np.ndarray, groups: np.ndarray, n: int
+) -> list[np.ndarray]:
+    """Per fold, each group's confusion counts (groups x n*n): what a replicate resamples."""
+    out = []
     for f in np.unique(fold_of):
         mask = fold_of == f
         ids, inverse = np.unique(groups[mask], return_inverse=True)
-        cell = y_true[mask] * n_classes + y_pred[mask]
-        counts = np.zeros((len(ids), n_classes * n_classes))
-        np.add.at(counts, (inverse, cell), 1)
-        per_fold_counts.append(counts)
+        counts = np.zeros((len(ids), n * n))
+        np.add.at(counts, (inverse, y_true[mask] * n + y_pred[mask]), 1)
+        out.append(counts)
+    return out
+
+
+def _group_bootstrap(
+    per_fold: list[np.ndarray], classes: Sequence[str], seed: int, replicates: int
+) -> np.ndarray:
+    """Replicates x metrics: the fold means after resampling each fold's groups."""
+    n = len(classes)
+    rng = np.random.default_rng(seed)
     out = []
     for _ in range(replicates):
         fold_scores = []
-        for counts in per_fold_counts:
+        for counts in per_fold:
             drawn = rng.integers(0, len(counts), len(counts))
-            cm = counts[drawn].sum(axis=0).reshape(n_classes, n_classes)
+            cm = counts[drawn].sum(axis=0).reshape(n, n)
             fold_scores.append(list(scores(cm, classes).values()))
         out.append(np.mean(fold_scores, axis=0))
     return np.array(out)
