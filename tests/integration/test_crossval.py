@@ -7,6 +7,7 @@ import csv
 import subprocess
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from tests.integration import test_sweep as sweep
@@ -56,6 +57,7 @@ def test_a_cross_validated_job_logs_one_child_run_per_fold_and_its_summary(env):
     assert abs(correct / 48 - m["cv_accuracy"]) < 0.05  # equal-sized folds: pooled ~ mean
 
 
+@pytest.mark.slow  # Optuna through imgclf-train's sweeper: CI runs the slow group
 def test_an_optuna_sweep_optimises_the_cv_mean(env):
     args = optuna_args(env, "cv", 1, "cv=grouped5", "cv.folds=2", "hydra.sweeper.pruner.name=none")
     out = finish(launch(env, args))
@@ -67,6 +69,7 @@ def test_an_optuna_sweep_optimises_the_cv_mean(env):
     assert "1 done" in out
 
 
+@pytest.mark.slow
 def test_a_cv_trial_is_pruned_between_folds(env):
     storage = f"sqlite:///{env['work'] / 'cvprune.db'}"
     study = optuna.create_study(study_name="cvprune", storage=storage, direction="maximize")
