@@ -18,7 +18,8 @@ import yaml
 from PIL import Image
 
 from imgclf.compose import compose_dict
-from imgclf.config import Config, config_from_dict
+from imgclf.config import Config
+from imgclf.params import config_from_dict
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 

@@ -13,9 +13,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from imgclf.config import Config, ConfigError, config_from_dict, schema_keys
+from imgclf.config import Config, ConfigError
 from imgclf.fileio import write_text
 from imgclf.lineage import project_root
+from imgclf.params import config_from_dict, schema_keys
 
 ENV_CONF_DIR = "IMGCLF_CONF_DIR"
 FIX_OVERRIDE = "fix the override or conf/"

@@ -56,7 +56,7 @@ def default_model_uri(start: Path | None = None) -> str:
 
     params = project_root(start) / "params.yaml"
     if params.is_file():
-        from imgclf.config import load_config
+        from imgclf.params import load_config
 
         cfg = load_config(params)
     else:

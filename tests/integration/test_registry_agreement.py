@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf import registry, tracking
 from imgclf.artifacts import ExportOutputs, ModelFolder
-from imgclf.config import load_config
+from imgclf.params import load_config
 from imgclf.pauses import PAUSE_AT, PAUSE_DIR
 from imgclf.stages import export
 from tests.conftest import REPO_ROOT, write_params

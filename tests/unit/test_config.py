@@ -8,14 +8,8 @@ import pytest
 import yaml
 
 from imgclf.compose import compose_config, compose_params
-from imgclf.config import (
-    Config,
-    ConfigError,
-    ModelConfig,
-    config_from_dict,
-    flatten,
-    load_config,
-)
+from imgclf.config import Config, ConfigError, ModelConfig, flatten
+from imgclf.params import config_from_dict, load_config
 from tests.conftest import TINY_OVERRIDE, composed_conf, tiny_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

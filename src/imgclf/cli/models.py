@@ -28,8 +28,8 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
 
 def _validate(args: argparse.Namespace) -> int:
     from imgclf.compose import compose_config
-    from imgclf.config import load_config
     from imgclf.dataset import detect_splits
+    from imgclf.params import load_config
     from imgclf.validate import render_text, validate_dataset
 
     # Without params.yaml (any folder, outside the project) conf/'s composition applies.
@@ -169,9 +169,9 @@ def _promote_args(p: argparse.ArgumentParser) -> None:
 
 def _promote(args: argparse.Namespace) -> int:
     from imgclf import promote, tracking
-    from imgclf.config import load_config
     from imgclf.errors import PromotionError
     from imgclf.lineage import data_hash
+    from imgclf.params import load_config
 
     cfg = load_config(args.params)
     # The model first: in a clone with no registered model, that is what is missing.
@@ -214,7 +214,7 @@ def _registry_args(p: argparse.ArgumentParser) -> None:
 
 def _registry(args: argparse.Namespace) -> int:
     from imgclf import registry, tracking
-    from imgclf.config import load_config
+    from imgclf.params import load_config
 
     cfg = load_config(args.params)
     tracking.open_registry()  # where there is no store, says so (and creates none)

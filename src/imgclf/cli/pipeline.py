@@ -41,7 +41,7 @@ def _stage_args(inputs: dict[str, str], p: argparse.ArgumentParser) -> None:
 
 def _run_stage(name: str, args: argparse.Namespace) -> int:
     """The stage's door: validate params.yaml, then call ``imgclf.stages.<name>.run``."""
-    from imgclf.config import load_config
+    from imgclf.params import load_config
 
     cfg = load_config(args.params)
     stage = importlib.import_module(f"imgclf.stages.{name}")  # only this one: all five cost ~3 s
@@ -124,7 +124,7 @@ def _ui(args: argparse.Namespace) -> int:
     base = f"http://{args.host}:{args.port}/"
     url = base
     with contextlib.suppress(ImgclfError):
-        from imgclf.config import load_config
+        from imgclf.params import load_config
 
         path = training_view(load_config(args.params).mlflow.experiment_name)
         url = base + path if path else base

@@ -27,9 +27,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from imgclf import interrupts, tracking
 from imgclf.compose import ENV_CONF_DIR, FIX_OVERRIDE, conf_dir
-from imgclf.config import config_from_dict
 from imgclf.errors import EXIT_USER_ERROR, ImgclfError
 from imgclf.lineage import lineage_tags
+from imgclf.params import config_from_dict
 from imgclf.sweeps.crossval import check_pool, run_cv_job
 from imgclf.sweeps.job import preprocess_dir, run_job
 from imgclf.sweeps.trial import TrialLink
