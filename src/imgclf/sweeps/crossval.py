@@ -80,6 +80,8 @@ def run_cv_job(
         killed_on = (optuna.TrialPruned,)
     k, experiment = cfg.cv.folds, cfg.mlflow.experiment_name
     pool = cv.load_pool(preprocess, cfg.cv.pool, cfg.data.near_dup_distance)
+    splits = cv.grouped_folds(pool.y, pool.groups, k, cfg.cv.seed)
+    classes = PreprocessOutputs(preprocess).read_classes()
     tags = {**tags, "imgclf.cv": f"{k} grouped folds over {cfg.cv.pool}"}
     with tracking.open_run(
         experiment, run_name, parent_run_id=parent_run_id, tags=tags, killed_on=killed_on
@@ -97,12 +99,20 @@ def run_cv_job(
                 tags={FOLD_TAG: str(index + 1), "stage": "cv-fold"},
                 active=False,
             ) as fold_run:
+                arrays = cv.fold_arrays(
+                    pool,
+                    splits[index],
+                    refit=cfg.train.refit,
+                    val_fraction=cfg.data.val_fraction,
+                    seed=cfg.data.split_seed,
+                )
                 folds.append(
                     call_in_child(
                         train_fold,
                         cfg,
-                        preprocess,
-                        index,
+                        arrays,
+                        splits[index][1],
+                        len(classes),
                         fold_run,
                         os.getpid(),
                         preload=CHILD_PRELOAD,
@@ -110,7 +120,6 @@ def run_cv_job(
                 )
             if trial is not None:
                 _report(trial, folds, pool, index, k)
-        classes = PreprocessOutputs(preprocess).read_classes()
         result = _summarize(cfg, pool, classes, folds, run_id)
         if link is not None:
             tracking.set_tags({"optuna.state": "COMPLETE"})
@@ -193,20 +202,18 @@ def _summarize(
     )
 
 
-def train_fold(cfg: Config, preprocess: Path, index: int, run_id: str, holder: int) -> FoldResult:
-    """The fold's child process: train the recipe on the fold, predict its held-out files."""
+def train_fold(
+    cfg: Config,
+    arrays: dict[str, np.ndarray],
+    held: np.ndarray,
+    n_classes: int,
+    run_id: str,
+    holder: int,
+) -> FoldResult:
+    """The fold's child process: train the recipe on ``arrays`` (:func:`imgclf.cv.fold_arrays`),
+    predict its held-out part (``x_test``: the pool's files ``held``)."""
     from imgclf.training import TrainingState, fit, prepare
 
-    pool = cv.load_pool(preprocess, cfg.cv.pool, cfg.data.near_dup_distance)
-    fold = cv.grouped_folds(pool.y, pool.groups, cfg.cv.folds, cfg.cv.seed)[index]
-    arrays = cv.fold_arrays(
-        pool,
-        fold,
-        refit=cfg.train.refit,
-        val_fraction=cfg.data.val_fraction,
-        seed=cfg.data.split_seed,
-    )
-    n_classes = len(np.unique(pool.y))
     state = TrainingState()
     with tracking.open_run(cfg.mlflow.experiment_name, "fold", run_id=run_id):
         tracking.set_tags({tracking.PID_TAG: str(holder)})
@@ -236,7 +243,7 @@ def train_fold(cfg: Config, preprocess: Path, index: int, run_id: str, holder: i
             }
         )
     return FoldResult(
-        held=fold[1],
+        held=held,
         proba=proba,
         train_seconds=seconds,
         cpu_seconds=cpu_seconds,
