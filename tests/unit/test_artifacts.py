@@ -1,4 +1,4 @@
-"""artifacts.py is the one owner of every stage output: dvc.yaml and the code agree with it.
+"""imgclf.artifacts is the one owner of every stage output: dvc.yaml and the code agree with it.
 
 Pure checks (files, ASTs and small round trips): no training, no MLflow.
 """
@@ -143,17 +143,41 @@ def _string_literals(path: Path) -> set[str]:
 
 
 def test_each_file_name_is_spelled_only_in_artifacts():
-    """Other modules name outputs through artifacts.py; a literal ``"dataset.npz"`` elsewhere
+    """Other modules name outputs through imgclf.artifacts; a literal ``"dataset.npz"`` elsewhere
     is a second path to the same file, and drifts."""
     names = {n for c in (*STAGES.values(), ModelFolder) for n in c.names().values()}
     names |= {f for fmt, f in FORMAT_FILES.items() if f != fmt}  # saved_model: also a format
     # "formats" is also a version tag and a JSON key (registry.FORMATS_TAG, registered.json's)
     names.discard(ExportOutputs.formats.name)
-    owner = Path(artifacts.__file__).resolve()
+    package = Path(artifacts.__file__).resolve().parent
+    spelled_in: dict[str, list[str]] = {}
     for path in [*SRC.rglob("*.py"), *(REPO_ROOT / "scripts").glob("*.py")]:
-        if path.resolve() != owner:
-            clash = names & _string_literals(path)
+        clash = names & _string_literals(path)
+        if path.resolve().is_relative_to(package):
+            for name in clash:
+                spelled_in.setdefault(name, []).append(path.name)
+        else:
             assert not clash, f"{path.relative_to(REPO_ROOT)} spells {sorted(clash)}"
+    assert spelled_in.keys() == names, "every name is spelled in the package"
+    twice = {n: where for n, where in spelled_in.items() if len(where) > 1}
+    assert not twice, f"spelled in two of the package's modules: {twice}"
+
+
+def test_folder_deps_hash_without_bytecode():
+    """Python writes ``__pycache__`` into a package it imports (unless PYTHONDONTWRITEBYTECODE is
+    set): were it hashed, a first import would mark the stage changed and rerun it."""
+    from dvc.repo import Repo
+
+    folders = {
+        d
+        for spec in DVC["stages"].values()
+        for d in _paths(spec.get("deps"))
+        if d.startswith("src/") and (REPO_ROOT / d).is_dir()
+    }
+    assert "src/imgclf/artifacts" in folders
+    with Repo(str(REPO_ROOT)) as repo:
+        for folder in sorted(folders):
+            assert repo.dvcignore.is_ignored_dir(str(REPO_ROOT / folder / "__pycache__")), folder
 
 
 def test_split_and_leak_flags_round_trip(tmp_path):

@@ -1,12 +1,5 @@
-"""Every stage output: its folder, its file names and its typed read and write, in one place.
-
-One class per stage output folder, plus :class:`ModelFolder`: the exported model's files, laid
-out the same in the export stage's model folder and in a registry version. On an instance an
-attribute is a path (``PreprocessOutputs(root).dataset``); on the class it is the file's entry,
-whose ``.name`` is the file name. Stages, sweeps, promote, predict and the benchmark reach each
-other's outputs only through here, so each file name appears once in the code; ``dvc.yaml``
-repeats the paths, and tests/unit/test_artifacts.py checks that the two agree. Every write is
-atomic (:mod:`imgclf.fileio`): a killed stage never leaves half a file.
+"""One class per stage's output folder (``artifacts/<stage>/``, as dvc.yaml), and the cached
+tensors' and predictions' file formats.
 """
 
 from __future__ import annotations
@@ -14,94 +7,13 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, Self, overload
+from typing import Any
 
 import numpy as np
 
-from imgclf.config import FITS, FORMAT_NAMES
+from imgclf.artifacts.layout import File, Outputs
+from imgclf.artifacts.model_folder import FORMAT_FILES, ModelDescription, ModelFolder
 from imgclf.fileio import atomic_path, read_json, write_csv, write_json
-
-ARTIFACTS_DIR = "artifacts"  # the project's stage outputs: artifacts/<stage>/
-# Where each exported format lives inside a model folder (a SavedModel is a folder).
-FORMAT_FILES: dict[str, str] = {
-    "h5": "model.h5",
-    "keras": "model.keras",
-    "saved_model": "saved_model",
-    "tflite": "model.tflite",
-    "onnx": "model.onnx",
-}
-assert tuple(FORMAT_FILES) == FORMAT_NAMES
-
-
-class File:
-    """A file in a stage's output folder: its path on an instance, this entry on the class."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    @overload
-    def __get__(self, obj: None, owner: type | None = None) -> File: ...
-    @overload
-    def __get__(self, obj: Outputs, owner: type | None = None) -> Path: ...
-    def __get__(self, obj: Outputs | None, owner: type | None = None) -> Path | File:
-        return self if obj is None else obj.root / self.name
-
-
-class Outputs:
-    """A stage's output folder (``root``); subclasses name its files as :class:`File` s."""
-
-    STAGE: ClassVar[str]
-
-    def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({str(self.root)!r})"
-
-    @classmethod
-    def in_project(cls, project: Path) -> Self:
-        """The folder this stage writes in ``project`` (``artifacts/<stage>``, as dvc.yaml)."""
-        return cls(project / ARTIFACTS_DIR / cls.STAGE)
-
-    @classmethod
-    def names(cls) -> dict[str, str]:
-        """``{attribute: file name}`` of every file this folder holds."""
-        return {k: v.name for c in cls.__mro__ for k, v in vars(c).items() if isinstance(v, File)}
-
-
-# The files that describe a model's input and output, kept beside the tensors by preprocess
-# and beside the model files by export, so predict and serve prepare images as training did.
-class _ModelDescription(Outputs):
-    classes = File("classes.json")
-    input_spec = File("input.json")  # image_height, image_width, data.fit
-
-    def read_classes(self) -> list[str]:
-        return [str(c) for c in read_json(self.classes)]
-
-    def write_classes(self, classes: list[str]) -> None:
-        write_json(self.classes, classes)
-
-    def read_input_spec(self) -> dict[str, Any]:
-        return dict(read_json(self.input_spec))
-
-    def write_input_spec(self, spec: Mapping[str, Any]) -> None:
-        write_json(self.input_spec, dict(spec))
-
-    def read_fit(self) -> str:
-        """``data.fit`` from :attr:`input_spec`; ``stretch`` without one (everything made
-        before the file existed was stretched).
-
-        Raises:
-            ValueError: the recorded fit is not one this version knows (names the file).
-        """
-        if not self.input_spec.is_file():
-            return "stretch"
-        fit = read_json(self.input_spec).get("fit", "stretch")
-        if fit not in FITS:
-            raise ValueError(
-                f"{self.input_spec}: fit {fit!r} is not one of {FITS}; re-run preprocess/export"
-            )
-        return str(fit)
 
 
 class _Figures(Outputs):
@@ -139,7 +51,7 @@ class IngestOutputs(_Figures):
         write_json(self.mlflow_run, {"run_id": run_id})
 
 
-class PreprocessOutputs(_ModelDescription, _Figures):
+class PreprocessOutputs(ModelDescription, _Figures):
     STAGE = "preprocess"
     dataset = File("dataset.npz")  # x_/y_ train, val, test: uint8 RGB and int labels
     split = File("split.csv")  # each file's subset, near-duplicate group and leak flag
@@ -280,24 +192,6 @@ def write_predictions(
         ("actual", "predicted", "probability"),
         ([classes[t], classes[p], f"{pr:.4f}"] for t, p, pr in rows),
     )
-
-
-class ModelFolder(_ModelDescription):
-    """An exported model's files: every valid format (:data:`FORMAT_FILES`), the class names, the
-    input spec, the parity check's results and the manifest (the sha256 of every file)."""
-
-    manifest = File("manifest.json")
-    parity = File("parity.json")  # per-format parity with the Keras model
-
-    def read_manifest(self) -> dict[str, str] | None:
-        """``{relative path: sha256}``, or ``None`` when the folder has no manifest."""
-        return dict(read_json(self.manifest)) if self.manifest.is_file() else None
-
-    def write_manifest(self, manifest: dict[str, str]) -> None:
-        write_json(self.manifest, manifest)
-
-    def write_parity(self, parity: dict[str, Any]) -> None:
-        write_json(self.parity, parity)
 
 
 class ExportOutputs(Outputs):
