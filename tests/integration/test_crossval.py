@@ -53,6 +53,11 @@ def test_a_cross_validated_job_logs_one_child_run_per_fold_and_its_summary(env):
     for r in rows:
         fold_of_group.setdefault(r["group"], set()).add(r["fold"])
     assert all(len(f) == 1 for f in fold_of_group.values())  # no group straddles two folds
+    classes = sorted({r["actual"] for r in rows})
+    for r in rows:  # every class's probability, the predicted one the largest
+        proba = {name: float(r[f"p_{name}"]) for name in classes}
+        assert abs(sum(proba.values()) - 1) < 2e-3 and max(proba, key=proba.get) == r["predicted"]
+        assert proba[r["predicted"]] == float(r["probability"])
     correct = sum(r["actual"] == r["predicted"] for r in rows)
     assert abs(correct / 48 - m["cv_accuracy"]) < 0.05  # equal-sized folds: pooled ~ mean
 

@@ -174,7 +174,10 @@ def _summarize(
     with tempfile.TemporaryDirectory(prefix="imgclf-cv-") as tmp:
         out = CVOutputs(tmp)
         out.write_predictions(
-            ("path", "actual", "predicted", "probability", "fold", "group"),
+            # p_<class>: the whole distribution, so runs' predictions can be averaged (an
+            # ensemble scored on the same folds) or calibrated without retraining
+            ("path", "actual", "predicted", "probability", "fold", "group")
+            + tuple(f"p_{name}" for name in names),
             (
                 (
                     pool.paths[row],
@@ -183,6 +186,7 @@ def _summarize(
                     f"{proba[i, y_pred[i]]:.4f}",
                     int(fold_of[i]) + 1,
                     int(pool.groups[row]),
+                    *(f"{p:.4f}" for p in proba[i]),
                 )
                 for i, row in enumerate(held)
             ),
