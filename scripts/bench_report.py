@@ -79,7 +79,7 @@ def write_benchmarks(path: Path, block: str, start: str = START, end: str = END)
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(head + block + tail, encoding="utf-8")
+    tmp.write_text(head + block.rstrip("\n") + tail, encoding="utf-8")
     os.replace(tmp, path)
 
 
