@@ -13,8 +13,9 @@ MLflow run. So train puts :func:`checkpoint_callback` on the training loop
 the MLflow run id and the key below). Each checkpoint is written into a temporary folder and
 renamed into place, so a kill leaves either the previous checkpoint or the new one, never a mix.
 
-The checkpoint is keyed to the training params and the dataset bytes: a changed config or new
-data starts afresh instead of resuming a different experiment. It lives inside train's output
+The checkpoint is keyed to the training params, the dataset bytes and the network's structure
+(:func:`model_signature`): a changed config, new data or model code that builds another network
+starts afresh instead of resuming a different experiment. It lives inside train's output
 folder but is not a DVC output, so ``dvc repro`` (which deletes declared outputs before running
 the stage) keeps it; train deletes it once its outputs are written.
 """
@@ -28,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,10 +71,31 @@ def dataset_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def resume_key(params: Mapping[str, Any], data_files: list[Path]) -> str:
-    """A short hash of the training params and the input files' bytes."""
+def model_signature(model: Any) -> list[Any]:
+    """The network's structure without its names: each leaf layer's class and weight shapes.
+
+    Two builds of the same code give the same signature (Keras numbers its generated names per
+    process, so names are left out); code that builds another network gives another one, even
+    where every weight shape stays the same.
+    """
+
+    def walk(layer: Any) -> list[Any]:
+        children = getattr(layer, "layers", None)
+        if children:
+            return [type(layer).__name__, [walk(child) for child in children]]
+        return [type(layer).__name__, [[list(w.shape), str(w.dtype)] for w in layer.weights]]
+
+    return walk(model)
+
+
+def resume_key(params: Mapping[str, Any], data_files: list[Path], model: Any) -> str:
+    """A short hash of the training params, the input files' bytes and the network's structure."""
     blob = json.dumps(
-        {"params": dict(params), "data": [dataset_md5(p) for p in data_files]},
+        {
+            "params": dict(params),
+            "data": [dataset_md5(p) for p in data_files],
+            "model": model_signature(model),
+        },
         sort_keys=True,
         default=str,
     )
@@ -144,7 +167,7 @@ class Checkpointer:
             return None, None
         if state.key != self.key:
             log.info(
-                "train: params or data changed since the interrupted run %s; starting afresh",
+                "train: params, data or network changed since interrupted run %s; starting afresh",
                 state.run_id,
             )
             self.discard()
@@ -153,11 +176,28 @@ class Checkpointer:
         return state, None
 
     def restore_weights(self, model: Any) -> None:
-        """Load the current checkpoint's weights and optimizer variables into ``model``."""
+        """Load the current checkpoint's weights and optimizer variables into ``model``.
+
+        All or nothing: Keras assigns layer by layer and raises at the first that does not fit,
+        so on failure every variable is put back as it was (freshly initialised), and training
+        that starts afresh does not start from half of the old checkpoint. A part of the file
+        that Keras would skip with a warning is a failure too.
+        """
         assert self._current is not None
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)  # so its variables can be loaded
-        model.load_weights(self._current / LATEST_WEIGHTS)
+        variables = [*model.weights, *(model.optimizer.variables if model.optimizer else [])]
+        before = [v.numpy() for v in variables]
+        try:
+            with warnings.catch_warnings():
+                # Keras only warns when it skips a part of the file it cannot match (those
+                # layers or optimizer variables stay fresh): a resume that is not whole is none
+                warnings.simplefilter("error", UserWarning)
+                model.load_weights(self._current / LATEST_WEIGHTS)
+        except BaseException:
+            for variable, value in zip(variables, before, strict=True):
+                variable.assign(value)
+            raise
 
     def best_weights(self) -> Path | None:
         """The best-so-far weights of the current checkpoint (None before any epoch)."""
@@ -233,7 +273,7 @@ def restore(checkpointer: Checkpointer, model: Any, experiment: str) -> ResumeSt
     if state is not None:
         try:
             checkpointer.restore_weights(model)
-        except (ValueError, OSError) as exc:  # the model code changed shape since the kill
+        except (ValueError, OSError, UserWarning) as exc:  # a file this Keras cannot read whole
             log.warning(
                 "train: cannot resume from %s (%s); starting afresh", checkpointer.root, exc
             )

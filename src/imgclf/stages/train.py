@@ -59,7 +59,7 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, callbacks: Sequence[Any] = 
     params = flatten(cfg, TRAIN_SECTIONS)
     ckpt = resume.Checkpointer(
         out_dir / resume.RESUME_DIRNAME,
-        resume.resume_key(params, [pre.dataset, pre.classes]),
+        resume.resume_key(params, [pre.dataset, pre.classes], model),
     )
     with ckpt.locked():
         state = resume.restore(ckpt, model, cfg.mlflow.experiment_name)
