@@ -126,7 +126,7 @@ def render(r: dict[str, Any], classes: list[str]) -> str:
     )
     tried = tried or "none (the full default is below the seed recipe)"
     lines += ["", f"Shortened cosine schedules tried, shortest first: {tried}.", END]
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n"
 
 
 def figures(r: dict[str, Any]) -> dict[str, Any]:

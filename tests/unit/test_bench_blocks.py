@@ -7,18 +7,14 @@ from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
-
-def _bench_report():
-    spec = importlib.util.spec_from_file_location(
-        "bench_report", REPO_ROOT / "scripts" / "bench_report.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_spec = importlib.util.spec_from_file_location(
+    "bench_report", REPO_ROOT / "scripts" / "bench_report.py"
+)
+report = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(report)
 
 
 def test_rewriting_a_block_is_idempotent(tmp_path: Path) -> None:
-    report = _bench_report()
     start, end = "<!-- x:start -->", "<!-- x:end -->"
     path = tmp_path / "BENCHMARKS.md"
     path.write_text(f"# Benchmarks\n\nintro\n\n{start}\nold\n{end}\n\nReading it:\n- a\n")
@@ -31,7 +27,6 @@ def test_rewriting_a_block_is_idempotent(tmp_path: Path) -> None:
 
 
 def test_a_missing_block_is_appended(tmp_path: Path) -> None:
-    report = _bench_report()
     path = tmp_path / "BENCHMARKS.md"
     start, end = "<!-- y:start -->", "<!-- y:end -->"
     path.write_text("# Benchmarks\n\nhand-written\n")
