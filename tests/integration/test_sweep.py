@@ -20,6 +20,9 @@ from optuna.trial import TrialState
 
 from imgclf.compose import compose_params
 from imgclf.stages import ingest, preprocess
+from imgclf.sweeps.study import PARENT_ATTR
+from imgclf.sweeps.workers import study_parent_run
+from imgclf.tracking import open_run
 from tests.conftest import REPO_ROOT, tiny_config
 
 EXE = str(Path(sys.executable).with_name("imgclf-train"))
@@ -271,10 +274,45 @@ def test_two_processes_share_one_study(env):
     others = [t for t in study.trials if t not in done]
     assert all(t.state == TrialState.FAIL and t.user_attrs.get("surplus") for t in others)
     parent_id = study.user_attrs["mlflow_parent_run_id"]
-    assert all(f"MLflow parent run {parent_id}" in out for out in outs)
+    assert all(f"MLflow parent run {parent_id}" in out for out in outs), outs
     assert len(children(env, parent_id)) == 4
     # Per-trial seeding: the two processes did not propose the same parameters.
     assert len({tuple(sorted(t.params.items())) for t in done}) == 4
+
+
+class _CreatorBetweenReads:
+    """A study as a joining worker sees it while the creator runs: right after the worker's
+    first read of the user attributes, the creator sets the parent id and asks a trial."""
+
+    def __init__(self, study: optuna.Study, creator: optuna.Study, parent_id: str):
+        self._study, self._creator, self._parent_id = study, creator, parent_id
+        self._acted = False
+
+    def __getattr__(self, name: str):
+        return getattr(self._study, name)
+
+    @property
+    def user_attrs(self) -> dict:
+        attrs = self._study.user_attrs
+        if not self._acted:
+            self._acted = True
+            self._creator.set_user_attr(PARENT_ATTR, self._parent_id)
+            self._creator.ask()
+        return attrs
+
+
+def test_a_worker_joining_as_the_creator_starts_reuses_its_parent_run(mlflow_store, tmp_path):
+    # Before, the joining worker read the id (not yet set), then the trials (one by then), took
+    # the study for one made outside a sweep and opened a second parent run over the first.
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    creator = optuna.create_study(study_name="race", storage=url)
+    parent = open_run(EXPERIMENT, "optuna-race", active=False).run_id
+    joining = optuna.load_study(study_name="race", storage=url)
+    seen = _CreatorBetweenReads(joining, creator, parent)
+    assert study_parent_run(seen, False, EXPERIMENT, url) == parent  # type: ignore[arg-type]
+    assert creator.user_attrs[PARENT_ATTR] == parent
+    exp = MlflowClient().get_experiment_by_name(EXPERIMENT)
+    assert len(MlflowClient().search_runs([exp.experiment_id])) == 1
 
 
 def test_plugin_is_discovered_from_a_fresh_install(tmp_path):

@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from imgclf import tracking
+from imgclf.tracking import store as tracking_store
 from imgclf.tracking.store import retrying
 
 
@@ -184,3 +185,21 @@ def test_retrying_retries_lock_errors_only():
     with pytest.raises(MlflowException, match="RESOURCE"):
         retrying(broken)
     assert calls == [0]
+
+
+def test_a_store_that_stays_locked_is_an_error_not_a_lost_run(exp, monkeypatch):
+    # Before, any MlflowException from get_run meant "not found": a lock that outlasted the
+    # retries opened an orphan run in place of the one asked for (a sweep's second parent).
+    with tracking.open_run(exp, "train") as run_id:
+        pass
+    monkeypatch.setattr(tracking_store, "LOCK_RETRIES", 2)
+
+    def locked(self, _run_id):
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(MlflowClient, "get_run", locked)
+    before = len(MlflowClient().search_runs([tracking.configure(exp)]))
+    with pytest.raises(MlflowException, match="database is locked"):
+        tracking.open_run(exp, "evaluate", run_id=run_id)
+    monkeypatch.undo()
+    assert len(MlflowClient().search_runs([tracking.configure(exp)])) == before

@@ -110,10 +110,13 @@ def study_parent_run(study: optuna.Study, created: bool, experiment_name: str, u
         "optuna.study": study.study_name,
         "optuna.storage": st.redact(url),
     }
-    run_id = study.user_attrs.get(st.PARENT_ATTR)
-    # A study created a moment ago by another process gets its parent run id right away; one
-    # with trials but no id was made outside a sweep (or its creator died): do not wait then.
+    # The creator sets the id before it asks its first trial, so the trials are read first: a
+    # study without trials then may still get its id (wait for it); one that had trials before
+    # the id was read without it was made outside a sweep (or its creator died): do not wait.
+    # Read the other way round, a creator that set the id and asked a trial between the two
+    # reads looked like the latter, and this worker opened a second parent run over the first.
     fresh = not created and not study.get_trials(deepcopy=False)
+    run_id = study.user_attrs.get(st.PARENT_ATTR)
     deadline = time.monotonic() + (PARENT_WAIT_S if fresh else 0)
     while run_id is None and time.monotonic() < deadline:  # the creator is about to set it
         time.sleep(1.0)

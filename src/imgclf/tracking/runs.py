@@ -30,6 +30,7 @@ import mlflow
 from mlflow.entities import Run as MlflowRun
 from mlflow.entities import RunStatus, RunTag
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_GIT_REPO_URL, MLFLOW_SOURCE_NAME
 
@@ -195,10 +196,14 @@ def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> Non
 
 
 def _find_run(client: MlflowClient, run_id: str) -> MlflowRun | None:
+    """The run, or None when the store does not have it; any other error is raised (a store
+    that stayed locked is not a lost run: that would open an orphan in its place)."""
     try:
         return retrying(client.get_run, run_id)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code == ErrorCode.Name(RESOURCE_DOES_NOT_EXIST):
+            return None
+        raise
 
 
 def end_run_by_id(run_id: str, status: str = "FINISHED") -> None:
