@@ -98,7 +98,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/dvc pull --quiet data.dvc
-	$(BIN)/python scripts/bench.py
+	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf artifacts .pytest_cache

@@ -260,6 +260,13 @@ def main() -> int:
         default="all",
         help="cv: only the cross-validation rows (their own block of BENCHMARKS.md)",
     )
+    parser.add_argument(
+        "--cv-repeats",
+        type=int,
+        default=1,
+        help="train every fold under this many seeds (cv.repeats): the CV rows become means "
+        "over seeds, their intervals cover the seed; costs that many times the CV part",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone")
     args = parser.parse_args()
 
@@ -286,7 +293,7 @@ def main() -> int:
         else:
             table(clone, env, args, commit)
         print("bench: grouped cross-validation", flush=True)
-        cv = bench_cv.cv_rows(clone, [], SEED_RECIPE)
+        cv = bench_cv.cv_rows(clone, [], SEED_RECIPE, args.cv_repeats)
         cv |= {"date": dt.date.today().isoformat(), "machine": machine(), "commit": commit}
         cv["host_cpu"] = host_cpu()
         block = bench_cv.render(cv, classes(clone))

@@ -26,13 +26,15 @@ LADDER = (5, 10, 15, 20, 30, 40)  # train.epochs tried for time-to-accuracy, sho
 START, END = "<!-- bench-cv:start -->", "<!-- bench-cv:end -->"
 
 
-def cross_validate(clone: Path, label: str, overrides: list[str]) -> dict[str, float]:
+def cross_validate(
+    clone: Path, label: str, overrides: list[str], repeats: int = 1
+) -> dict[str, float]:
     """One recipe's ``cv_*`` summary (:func:`imgclf.cv.summarize`) plus its training time."""
     from imgclf.artifacts import PreprocessOutputs
     from imgclf.compose import compose_config
     from imgclf.sweeps.crossval import run_cv_job
 
-    cfg = compose_config(clone / "conf", [*overrides, *CV_OVERRIDES])
+    cfg = compose_config(clone / "conf", [*overrides, *CV_OVERRIDES, f"cv.repeats={repeats}"])
     started = time.perf_counter()
     result = run_cv_job(
         cfg,
@@ -52,13 +54,17 @@ def cross_validate(clone: Path, label: str, overrides: list[str]) -> dict[str, f
     return summary
 
 
-def cv_rows(clone: Path, default: list[str], seed_recipe: list[str]) -> dict[str, Any]:
-    """Both recipes cross-validated, then the default's epochs to reach the seed's accuracy."""
-    seed = cross_validate(clone, "seed", seed_recipe)
-    full = cross_validate(clone, "default", default)
+def cv_rows(
+    clone: Path, default: list[str], seed_recipe: list[str], repeats: int = 1
+) -> dict[str, Any]:
+    """Both recipes cross-validated, then the default's epochs to reach the seed's accuracy;
+    every one ``repeats`` times over (the training seeds ``train.seed`` + 0, 1, ...)."""
+    seed = cross_validate(clone, "seed", seed_recipe, repeats)
+    full = cross_validate(clone, "default", default, repeats)
     ladder: list[dict[str, float]] = []
     for epochs in LADDER if full["cv_accuracy"] >= seed["cv_accuracy"] else ():
-        short = cross_validate(clone, f"default-{epochs}ep", [*default, f"train.epochs={epochs}"])
+        overrides = [*default, f"train.epochs={epochs}"]
+        short = cross_validate(clone, f"default-{epochs}ep", overrides, repeats)
         ladder.append({"epochs": epochs, **short})
         if short["cv_accuracy"] >= seed["cv_accuracy"]:
             break
@@ -81,12 +87,23 @@ def render(r: dict[str, Any], classes: list[str]) -> str:
     """The generated CV block of BENCHMARKS.md."""
     d, s = r["default"], r["seed"]
     width = (d["cv_accuracy_ci95_high"] - d["cv_accuracy_ci95_low"]) / 2
+    repeats = int(d.get("cv_repeats", 1))
+    if repeats > 1:
+        cells = (
+            f"mean over {repeats} training seeds (`train.seed` and the next; `--cv-repeats`) of "
+            "the fold means ± the folds' standard deviation [95 % bootstrap interval of the mean, "
+            "resampling groups and seeds]"
+        )
+    else:
+        cells = (
+            "mean over folds ± their standard deviation [95 % group-bootstrap interval of the "
+            "mean]; one training seed (`train.seed`), which the interval does not cover"
+        )
     lines = [
         START,
         f"Measured {r['date']} on {r['machine']}, commit `{r['commit']}`, by `make bench`: "
         f"{int(d['cv_folds'])}-fold grouped cross-validation over all {int(d['cv_n'])} labelled "
-        "files (train and test pooled, near-duplicate groups kept whole). Cells: mean over folds "
-        "± their standard deviation [95 % group-bootstrap interval of the mean].",
+        f"files (train and test pooled, near-duplicate groups kept whole). Cells: {cells}.",
         "",
         "| metric | default recipe | seed recipe (model=seed_cnn) | target |",
         "|---|---|---|---|",
@@ -95,6 +112,12 @@ def render(r: dict[str, Any], classes: list[str]) -> str:
         f"(measured {100 * (d['cv_accuracy'] - s['cv_accuracy']):+.1f}) |",
         f"| macro F1 | {_cell(d, 'macro_f1')} | {_cell(s, 'macro_f1')} | |",
     ]
+    if repeats > 1:
+        lines.append(
+            "| accuracy: standard deviation over the seeds | "
+            f"{100 * d['cv_accuracy_seed_std']:.1f} points | "
+            f"{100 * s['cv_accuracy_seed_std']:.1f} points | |"
+        )
     for name in classes:
         for metric in ("recall", "f1"):
             key = f"{metric}_{name}"
@@ -149,6 +172,8 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
         "time_to_seed_accuracy_epochs": reached["epochs"] if reached else None,
         "time_to_seed_accuracy_ratio": ratio,
         "cv_folds": int(d["cv_folds"]),
+        "cv_repeats": int(d.get("cv_repeats", 1)),
+        "cv_default_seed_std": d.get("cv_accuracy_seed_std"),
         "cv_n": int(d["cv_n"]),
         "host_cpu": r["host_cpu"],
         "machine": r["machine"],

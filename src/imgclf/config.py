@@ -138,6 +138,7 @@ class CVConfig:
     folds: int  # imgclf-train: 0 scores on the validation split; k >= 2: grouped k-fold CV
     pool: str  # train: Training_data only; all: Testing_Data too (measurement, never sweeps)
     seed: int  # which groups land in which fold
+    repeats: int  # the folds trained this many times, train.seed + 0, 1, ...: the seed's spread
 
 
 @dataclass

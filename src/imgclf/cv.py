@@ -9,7 +9,9 @@ is predicted once, by a model that saw neither it nor any of its twins.
 :func:`summarize` turns the out-of-fold predictions into, per metric, the mean over folds, their
 standard deviation and a 95 % interval of that mean from a group bootstrap: each replicate
 resamples every fold's groups with replacement (twins move together, since they are not
-independent evidence) and recomputes the fold means.
+independent evidence) and recomputes the fold means. With ``cv.repeats`` the same folds are
+trained again under other training seeds; the score is then the mean over those repeats, and
+each replicate also resamples the repeats, so the interval covers the seed as well as the images.
 """
 
 from __future__ import annotations
@@ -146,48 +148,74 @@ def summarize(
     groups: np.ndarray,
     classes: Sequence[str],
     *,
+    repeat_of: np.ndarray | None = None,
     seed: int = 0,
     replicates: int = BOOTSTRAP_REPLICATES,
 ) -> dict[str, float]:
     """``cv_<metric>`` (mean over folds), ``_std`` (their spread), ``_ci95_low``/``_high``.
 
     Args:
-        y_true / y_pred: every pooled file's class and out-of-fold prediction.
-        fold_of: the fold that held each file out.
-        groups: each file's near-duplicate group (the bootstrap's unit).
+        y_true / y_pred: every pooled file's class and out-of-fold prediction, once per repeat.
+        fold_of: the fold that held each row's file out.
+        groups: each row's near-duplicate group (the bootstrap's unit).
+        repeat_of: which repeat (training seed) predicted each row; None: one repeat. With
+            several, ``cv_<metric>`` is the mean over repeats of the fold means, ``_std`` the
+            spread of the folds' repeat-averaged scores, ``_seed_std`` the spread of the repeats'
+            scores, and the interval resamples the repeats too.
     """
     n_classes = len(classes)
-    folds = np.unique(fold_of)
-    per_fold = [
-        scores(confusion(y_true[fold_of == f], y_pred[fold_of == f], n_classes), classes)
-        for f in folds
+    if repeat_of is None:
+        repeat_of = np.zeros(len(y_true), dtype=np.int64)
+    folds, repeats = np.unique(fold_of), np.unique(repeat_of)
+    cells = [
+        [
+            scores(confusion(y_true[m], y_pred[m], n_classes), classes)
+            for m in ((fold_of == f) & (repeat_of == r) for f in folds)
+        ]
+        for r in repeats
     ]
-    names = list(per_fold[0])
-    values = np.array([[s[m] for m in names] for s in per_fold])  # folds x metrics
-    counts = _group_counts(y_true, y_pred, fold_of, groups, n_classes)
+    names = list(cells[0][0])
+    values = np.array([[[c[m] for m in names] for c in row] for row in cells])  # R x F x M
+    per_fold, per_repeat = values.mean(axis=0), values.mean(axis=1)
+    counts = _group_counts(y_true, y_pred, fold_of, groups, repeat_of, n_classes)
     boot = _group_bootstrap(counts, classes, seed, replicates)
     low, high = np.percentile(boot, [2.5, 97.5], axis=0)
-    out: dict[str, float] = {"cv_folds": float(len(folds)), "cv_n": float(len(y_true))}
+    out: dict[str, float] = {
+        "cv_folds": float(len(folds)),
+        "cv_n": float((repeat_of == repeats[0]).sum()),
+        "cv_repeats": float(len(repeats)),
+    }
     for j, m in enumerate(names):
         out |= {
-            f"cv_{m}": float(values[:, j].mean()),
-            f"cv_{m}_std": float(values[:, j].std(ddof=1)) if len(folds) > 1 else 0.0,
+            f"cv_{m}": float(values[..., j].mean()),
+            f"cv_{m}_std": float(per_fold[:, j].std(ddof=1)) if len(folds) > 1 else 0.0,
             f"cv_{m}_ci95_low": float(low[j]),
             f"cv_{m}_ci95_high": float(high[j]),
         }
+        if len(repeats) > 1:
+            out[f"cv_{m}_seed_std"] = float(per_repeat[:, j].std(ddof=1))
     return out
 
 
 def _group_counts(
-    y_true: np.ndarray, y_pred: np.ndarray, fold_of: np.ndarray, groups: np.ndarray, n: int
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    fold_of: np.ndarray,
+    groups: np.ndarray,
+    repeat_of: np.ndarray,
+    n: int,
 ) -> list[np.ndarray]:
-    """Per fold, each group's confusion counts (groups x n*n): what a replicate resamples."""
+    """Per fold, each repeat's confusion counts of each group (repeats x groups x n*n): what a
+    replicate resamples. A fold holds the same groups in every repeat."""
+    repeats = np.unique(repeat_of)
     out = []
     for f in np.unique(fold_of):
-        mask = fold_of == f
-        ids, inverse = np.unique(groups[mask], return_inverse=True)
-        counts = np.zeros((len(ids), n * n))
-        np.add.at(counts, (inverse, y_true[mask] * n + y_pred[mask]), 1)
+        ids = np.unique(groups[fold_of == f])
+        counts = np.zeros((len(repeats), len(ids), n * n))
+        for r, rep in enumerate(repeats):
+            mask = (fold_of == f) & (repeat_of == rep)
+            cell = (np.searchsorted(ids, groups[mask]), y_true[mask] * n + y_pred[mask])
+            np.add.at(counts[r], cell, 1)
         out.append(counts)
     return out
 
@@ -195,15 +223,19 @@ def _group_counts(
 def _group_bootstrap(
     per_fold: list[np.ndarray], classes: Sequence[str], seed: int, replicates: int
 ) -> np.ndarray:
-    """Replicates x metrics: the fold means after resampling each fold's groups."""
-    n = len(classes)
+    """Replicates x metrics: the mean over repeats of the fold means, after resampling each
+    fold's groups (one draw for every repeat: they are the same files) and the repeats."""
+    n, n_repeats = len(classes), len(per_fold[0])
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(replicates):
-        fold_scores = []
-        for counts in per_fold:
-            drawn = rng.integers(0, len(counts), len(counts))
-            cm = counts[drawn].sum(axis=0).reshape(n, n)
-            fold_scores.append(list(scores(cm, classes).values()))
-        out.append(np.mean(fold_scores, axis=0))
+        draws = [rng.integers(0, counts.shape[1], counts.shape[1]) for counts in per_fold]
+        # One repeat: no draw, so a single run's interval is what it always was.
+        picked = rng.integers(0, n_repeats, n_repeats) if n_repeats > 1 else [0]
+        cells = [
+            list(scores(counts[r, drawn].sum(axis=0).reshape(n, n), classes).values())
+            for r in picked
+            for counts, drawn in zip(per_fold, draws, strict=True)
+        ]
+        out.append(np.mean(cells, axis=0))
     return np.array(out)

@@ -100,6 +100,7 @@ def check_ranges(cfg: Config) -> None:
         (cfg.promote.format in FORMAT_NAMES, "promote.format", f"must be one of {FORMAT_NAMES}"),
         (cfg.cv.folds == 0 or cfg.cv.folds >= 2, "cv.folds", "must be 0 (off) or >= 2"),
         (cfg.cv.pool in CV_POOLS, "cv.pool", f"must be one of {CV_POOLS}"),
+        (cfg.cv.repeats >= 1, "cv.repeats", "must be >= 1"),
     ]
     for ok, key, why in checks:
         if not ok:

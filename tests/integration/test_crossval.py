@@ -62,6 +62,40 @@ def test_a_cross_validated_job_logs_one_child_run_per_fold_and_its_summary(env):
     assert abs(correct / 48 - m["cv_accuracy"]) < 0.05  # equal-sized folds: pooled ~ mean
 
 
+def test_repeats_train_every_fold_again_under_the_next_seeds(env):
+    finish(launch(env, ["cv=grouped5", "cv.folds=2", "cv.repeats=2", *TINY, "train.epochs=1",
+                        "train.seed=7"]))  # fmt: skip
+    exp = env["client"].get_experiment_by_name(EXPERIMENT)
+    [job] = env["client"].search_runs(
+        [exp.experiment_id],
+        filter_string="tags.`imgclf.cv` = '2 grouped folds over train, 2 training seeds'",
+    )
+    m = job.data.metrics
+    assert m["cv_repeats"] == 2 and m["cv_folds"] == 2 and m["cv_n"] == 48
+    assert m["cv_accuracy_seed_std"] >= 0
+    runs = children(env, job.info.run_id)
+    cells = sorted((r.data.tags["imgclf.seed"], r.data.tags["imgclf.fold"]) for r in runs)
+    assert cells == [("7", "1"), ("7", "2"), ("8", "1"), ("8", "2")]
+    assert all(r.data.params["train.seed"] == r.data.tags["imgclf.seed"] for r in runs)
+    assert sorted(r.info.run_name.rsplit("-", 1)[0] for r in runs) == [
+        "fold-1-of-2-seed-7", "fold-1-of-2-seed-8", "fold-2-of-2-seed-7", "fold-2-of-2-seed-8"
+    ]  # fmt: skip
+    by_seed = {}
+    for r in runs:
+        by_seed.setdefault(r.data.tags["imgclf.seed"], []).append(r.data.metrics["fold_accuracy"])
+    means = [sum(v) / 2 for v in by_seed.values()]
+    assert abs(sum(means) / 2 - m["cv_accuracy"]) < 1e-9
+    local = env["client"].download_artifacts(
+        job.info.run_id, "cv/predictions.csv", str(env["work"] / "repeats")
+    )
+    with open(local, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["seed"] for r in rows}) == ["7", "8"]
+    for seed in ("7", "8"):  # every file predicted once per seed
+        assert len({r["path"] for r in rows if r["seed"] == seed}) == 48
+    assert len(rows) == 96
+
+
 @pytest.mark.slow  # Optuna through imgclf-train's sweeper: CI runs the slow group
 def test_an_optuna_sweep_optimises_the_cv_mean(env):
     args = optuna_args(env, "cv", 1, "cv=grouped5", "cv.folds=2", "hydra.sweeper.pruner.name=none")

@@ -1,17 +1,24 @@
-"""BENCHMARKS.md's generated blocks: rewriting one keeps the rest of the file byte for byte."""
+"""BENCHMARKS.md's generated blocks: rewriting one keeps the rest of the file byte for byte, and
+the CV block says what its interval covers."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 from tests.conftest import REPO_ROOT
 
-_spec = importlib.util.spec_from_file_location(
-    "bench_report", REPO_ROOT / "scripts" / "bench_report.py"
-)
-report = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(report)
+
+def _load(name: str):
+    """A module of scripts/ (not a package: loaded by path)."""
+    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _load("bench_report")
 
 
 def test_rewriting_a_block_is_idempotent(tmp_path: Path) -> None:
@@ -32,3 +39,28 @@ def test_a_missing_block_is_appended(tmp_path: Path) -> None:
     path.write_text("# Benchmarks\n\nhand-written\n")
     report.write_benchmarks(path, f"{start}\nrows\n{end}", start, end)
     assert path.read_text() == f"# Benchmarks\n\nhand-written\n\n{start}\nrows\n{end}\n"
+
+
+def _committed_cv() -> dict:
+    """The committed benchmarks.json's CV figures, in the shape bench_cv.render takes."""
+    figures = json.loads((REPO_ROOT / "benchmarks.json").read_text())
+    cv = figures["cv"]
+    reached = cv["ladder"][-1] if figures["time_to_seed_accuracy_epochs"] else None
+    meta = {k: figures[k] for k in ("date", "machine", "commit")}
+    return {"default": cv["default"], "seed": cv["seed"], "ladder": cv["ladder"],
+            "reached": reached, **meta}  # fmt: skip
+
+
+def test_the_cv_block_says_whether_its_interval_covers_the_seed() -> None:
+    bench_cv = _load("bench_cv")
+    classes = ["driving_license", "others", "social_security"]
+    r = _committed_cv()
+    one = bench_cv.render(r, classes)
+    assert "one training seed (`train.seed`), which the interval does not cover" in one
+    assert "standard deviation over the seeds" not in one
+    for recipe in ("default", "seed"):
+        r[recipe] = r[recipe] | {"cv_repeats": 3.0, "cv_accuracy_seed_std": 0.012}
+    three = bench_cv.render(r, classes)
+    assert "mean over 3 training seeds" in three and "resampling groups and seeds" in three
+    assert "| accuracy: standard deviation over the seeds | 1.2 points | 1.2 points | |" in three
+    assert bench_cv.figures(r | {"host_cpu": "x"})["cv_repeats"] == 3

@@ -80,6 +80,40 @@ def test_summary_is_the_mean_over_folds_with_its_spread_and_an_interval_around_i
     assert s["cv_folds"] == 5 and s["cv_n"] == len(y)
 
 
+def test_repeats_average_over_seeds_and_widen_the_interval_by_their_spread():
+    y, groups = _labels_and_groups(n_groups=200)
+    fold_of = np.zeros(len(y), int)
+    for i, (_, held) in enumerate(cv.grouped_folds(y, groups, 5, seed=0)):
+        fold_of[held] = i
+    rng = np.random.default_rng(1)
+    runs = []  # three training seeds: 2 %, 6 % and 10 % of the files wrong
+    for rate in (0.02, 0.06, 0.10):
+        y_pred = y.copy()
+        wrong = rng.random(len(y)) < rate
+        y_pred[wrong] = (y_pred[wrong] + 1) % 3
+        runs.append(y_pred)
+    one = [cv.summarize(y, p, fold_of, groups, CLASSES, replicates=300) for p in runs]
+    stacked = [np.tile(a, 3) for a in (y, fold_of, groups)]
+    s = cv.summarize(*stacked[:1], np.concatenate(runs), *stacked[1:], CLASSES,
+                     repeat_of=np.repeat([42, 43, 44], len(y)), replicates=300)  # fmt: skip
+    accs = [o["cv_accuracy"] for o in one]
+    assert s["cv_accuracy"] == pytest.approx(np.mean(accs))
+    assert s["cv_accuracy_seed_std"] == pytest.approx(np.std(accs, ddof=1))
+    assert s["cv_repeats"] == 3 and s["cv_n"] == len(y) and s["cv_folds"] == 5
+    # The folds' spread is of their scores averaged over the seeds.
+    per_fold = [np.mean([(p[fold_of == f] == y[fold_of == f]).mean() for p in runs])
+                for f in range(5)]  # fmt: skip
+    assert s["cv_accuracy_std"] == pytest.approx(np.std(per_fold, ddof=1))
+    # Resampling the seeds too: wider than any one seed's interval.
+    width = s["cv_accuracy_ci95_high"] - s["cv_accuracy_ci95_low"]
+    assert width > max(o["cv_accuracy_ci95_high"] - o["cv_accuracy_ci95_low"] for o in one)
+    assert s["cv_accuracy_ci95_low"] < s["cv_accuracy"] < s["cv_accuracy_ci95_high"]
+    assert "cv_accuracy_seed_std" not in one[0] and one[0]["cv_repeats"] == 1
+    # One repeat named explicitly is the plain summary, interval and all.
+    assert cv.summarize(y, runs[0], fold_of, groups, CLASSES, replicates=300,
+                        repeat_of=np.full(len(y), 7)) == one[0]  # fmt: skip
+
+
 def test_perfect_predictions_have_a_degenerate_interval():
     y, groups = _labels_and_groups()
     fold_of = np.arange(len(y)) % 3

@@ -1,7 +1,8 @@
 """A job scored by grouped k-fold cross-validation (``imgclf-train cv=grouped5``).
 
 The job's run gets one child run per fold (``fold-<i>-of-<k>``, with that fold's epochs, its
-held-out scores and training time) and, when all folds are done, the summary of
+held-out scores and training time; with ``cv.repeats`` one per fold and training seed,
+``fold-<i>-of-<k>-seed-<s>``) and, when all folds are done, the summary of
 :func:`imgclf.cv.summarize` (``cv_accuracy`` with ``_std`` and ``_ci95_low``/``_high``, the same
 for macro F1 and each class's precision, recall and F1), the out-of-fold predictions
 (``cv/predictions.csv``) and their confusion matrix. ``val_accuracy``, what sweeps optimise, is
@@ -14,11 +15,12 @@ a poor recipe after its first folds.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from imgclf.sweeps.trial import TrialLink
 log = logging.getLogger(__name__)
 
 FOLD_TAG = "imgclf.fold"
+SEED_TAG = "imgclf.seed"
 
 
 @dataclass
@@ -45,6 +48,8 @@ class FoldResult:
     best_epoch: int
     epochs_run: int
     n_params: int
+    fold: int  # which fold (0-based)
+    seed: int  # its training seed: train.seed + the repeat
 
 
 def check_pool(cfg: Config, *, sweeping: bool) -> None:
@@ -82,7 +87,8 @@ def run_cv_job(
     pool = cv.load_pool(preprocess, cfg.cv.pool, cfg.data.near_dup_distance)
     splits = cv.grouped_folds(pool.y, pool.groups, k, cfg.cv.seed)
     classes = PreprocessOutputs(preprocess).read_classes()
-    tags = {**tags, "imgclf.cv": f"{k} grouped folds over {cfg.cv.pool}"}
+    seeds = f", {cfg.cv.repeats} training seeds" if cfg.cv.repeats > 1 else ""
+    tags = {**tags, "imgclf.cv": f"{k} grouped folds over {cfg.cv.pool}{seeds}"}
     with tracking.open_run(
         experiment, run_name, parent_run_id=parent_run_id, tags=tags, killed_on=killed_on
     ) as run_id:
@@ -91,12 +97,16 @@ def run_cv_job(
             link.set_user_attr("mlflow_run_id", run_id)
             trial = link.open() if link.pruner and link.objective else None
         folds: list[FoldResult] = []
-        for index in range(k):
+        repeats = cfg.cv.repeats
+        for step, (repeat, index) in enumerate(itertools.product(range(repeats), range(k))):
+            seed = cfg.train.seed + repeat
+            run_cfg = replace(cfg, train=replace(cfg.train, seed=seed))
+            name = f"fold-{index + 1}-of-{k}" + (f"-seed-{seed}" if repeats > 1 else "")
             with tracking.open_run(
                 experiment,
-                f"fold-{index + 1}-of-{k}",
+                name,
                 parent_run_id=run_id,
-                tags={FOLD_TAG: str(index + 1), "stage": "cv-fold"},
+                tags={FOLD_TAG: str(index + 1), SEED_TAG: str(seed), "stage": "cv-fold"},
                 active=False,
             ) as fold_run:
                 arrays = cv.fold_arrays(
@@ -109,41 +119,44 @@ def run_cv_job(
                 folds.append(
                     call_in_child(
                         train_fold,
-                        cfg,
+                        run_cfg,
                         arrays,
                         splits[index][1],
                         len(classes),
                         fold_run,
                         os.getpid(),
+                        index,
                         preload=CHILD_PRELOAD,
                     )
                 )
             if trial is not None:
-                _report(trial, folds, pool, index, k)
+                _report(trial, folds, pool, step, k * repeats)
         result = _summarize(cfg, pool, classes, folds, run_id)
         if link is not None:
             tracking.set_tags({"optuna.state": "COMPLETE"})
     log.info(
-        "%s: cv_accuracy %.4f (95 %% interval %.4f-%.4f) over %d grouped folds, %.0f s training",
+        "%s: cv_accuracy %.4f (95 %% interval %.4f-%.4f) over %d grouped folds x %d seeds, "
+        "%.0f s training",
         run_name,
         result.val_accuracy,
         result.extra["cv_accuracy_ci95_low"],
         result.extra["cv_accuracy_ci95_high"],
         k,
+        cfg.cv.repeats,
         result.extra["cv_train_seconds"],
     )
     return result
 
 
-def _report(trial: Any, folds: list[FoldResult], pool: cv.Pool, index: int, k: int) -> None:
+def _report(trial: Any, folds: list[FoldResult], pool: cv.Pool, step: int, total: int) -> None:
     """The running mean of the folds' accuracy, to the pruner; raise if it prunes."""
     import optuna
 
     running = float(np.mean([_accuracy(pool, f) for f in folds]))
-    trial.report(running, step=index)
-    if index + 1 < k and trial.should_prune():
+    trial.report(running, step=step)
+    if step + 1 < total and trial.should_prune():
         tracking.set_tags({"optuna.state": "PRUNED"})
-        raise optuna.TrialPruned(f"pruned after fold {index + 1} of {k}")
+        raise optuna.TrialPruned(f"pruned after fold {step + 1} of {total}")
 
 
 def _accuracy(pool: cv.Pool, fold: FoldResult) -> float:
@@ -158,9 +171,12 @@ def _summarize(
 
     held = np.concatenate([f.held for f in folds])
     proba = np.concatenate([f.proba for f in folds])
-    fold_of = np.concatenate([np.full(len(f.held), i) for i, f in enumerate(folds)])
+    fold_of = np.concatenate([np.full(len(f.held), f.fold) for f in folds])
+    seed_of = np.concatenate([np.full(len(f.held), f.seed) for f in folds])
     y_true, y_pred = pool.y[held], proba.argmax(axis=1)
-    summary = cv.summarize(y_true, y_pred, fold_of, pool.groups[held], names, seed=cfg.cv.seed)
+    summary = cv.summarize(
+        y_true, y_pred, fold_of, pool.groups[held], names, repeat_of=seed_of, seed=cfg.cv.seed
+    )
     picked = np.clip(proba[np.arange(len(held)), y_true], 1e-7, 1.0)
     loss = float(-np.log(picked).mean())
     seconds = float(sum(f.train_seconds for f in folds))
@@ -176,7 +192,7 @@ def _summarize(
         out.write_predictions(
             # p_<class>: the whole distribution, so runs' predictions can be averaged (an
             # ensemble scored on the same folds) or calibrated without retraining
-            ("path", "actual", "predicted", "probability", "fold", "group")
+            ("path", "actual", "predicted", "probability", "fold", "group", "seed")
             + tuple(f"p_{name}" for name in names),
             (
                 (
@@ -186,13 +202,16 @@ def _summarize(
                     f"{proba[i, y_pred[i]]:.4f}",
                     int(fold_of[i]) + 1,
                     int(pool.groups[row]),
+                    int(seed_of[i]),
                     *(f"{p:.4f}" for p in proba[i]),
                 )
                 for i, row in enumerate(held)
             ),
         )
-        cm = cv.confusion(y_true, y_pred, len(names))
-        plots.confusion_matrix(cm, names, out.confusion_png, f"{len(folds)}-fold grouped CV")
+        cm = cv.confusion(y_true, y_pred, len(names))  # summed over the repeats
+        k, repeats = int(summary["cv_folds"]), int(summary["cv_repeats"])
+        title = f"{k}-fold grouped CV" + (f", {repeats} training seeds" if repeats > 1 else "")
+        plots.confusion_matrix(cm, names, out.confusion_png, title)
         for path in (out.predictions, out.confusion_png):
             tracking.log_artifact(path, CVOutputs.STAGE)
     return JobResult(
@@ -213,6 +232,7 @@ def train_fold(
     n_classes: int,
     run_id: str,
     holder: int,
+    fold: int = 0,
 ) -> FoldResult:
     """The fold's child process: train the recipe on ``arrays`` (:func:`imgclf.cv.fold_arrays`),
     predict its held-out part (``x_test``: the pool's files ``held``)."""
@@ -254,6 +274,8 @@ def train_fold(
         best_epoch=state.best_epoch,
         epochs_run=state.epochs_done,
         n_params=int(model.count_params()),
+        fold=fold,
+        seed=cfg.train.seed,
     )
 
 
