@@ -135,14 +135,13 @@ def run_cv_job(
         if link is not None:
             tracking.set_tags({"optuna.state": "COMPLETE"})
     log.info(
-        "%s: cv_accuracy %.4f (95 %% interval %.4f-%.4f) over %d grouped folds x %d seeds, "
-        "%.0f s training",
+        "%s: cv_accuracy %.4f (95 %% interval %.4f-%.4f) over %d grouped folds%s, %.0f s training",
         run_name,
         result.val_accuracy,
         result.extra["cv_accuracy_ci95_low"],
         result.extra["cv_accuracy_ci95_high"],
         k,
-        cfg.cv.repeats,
+        seeds,
         result.extra["cv_train_seconds"],
     )
     return result
