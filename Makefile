@@ -27,6 +27,7 @@ help:
 	@echo "make sweep   Optuna sweep (conf/sweep/\$$(SWEEP).yaml), SWEEP_ARGS for overrides"
 	@echo "make lint    ruff (lint + format), mypy on src/, import-linter's layering contracts"
 	@echo "make bench   measure accuracy (3 seeds), repro time, throughput; write BENCHMARKS.md"
+	@echo "             (BENCH_ARGS=--cv-repeats=3: the CV rows over 3 training seeds, 3x their cost)"
 
 setup: $(STAMP)
 
