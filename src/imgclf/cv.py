@@ -167,17 +167,15 @@ def summarize(
     if repeat_of is None:
         repeat_of = np.zeros(len(y_true), dtype=np.int64)
     folds, repeats = np.unique(fold_of), np.unique(repeat_of)
+    counts = _group_counts(y_true, y_pred, fold_of, groups, repeat_of, n_classes)
+    # Each (repeat, fold) cell's confusion matrix is its groups' counts summed.
     cells = [
-        [
-            scores(confusion(y_true[m], y_pred[m], n_classes), classes)
-            for m in ((fold_of == f) & (repeat_of == r) for f in folds)
-        ]
-        for r in repeats
+        [scores(c[r].sum(axis=0).reshape(n_classes, n_classes), classes) for c in counts]
+        for r in range(len(repeats))
     ]
     names = list(cells[0][0])
     values = np.array([[[c[m] for m in names] for c in row] for row in cells])  # R x F x M
     per_fold, per_repeat = values.mean(axis=0), values.mean(axis=1)
-    counts = _group_counts(y_true, y_pred, fold_of, groups, repeat_of, n_classes)
     boot = _group_bootstrap(counts, classes, seed, replicates)
     low, high = np.percentile(boot, [2.5, 97.5], axis=0)
     out: dict[str, float] = {
