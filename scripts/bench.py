@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import platform
 import shutil
@@ -256,10 +257,11 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks.json")
     parser.add_argument(
         "--only",
-        choices=("all", "cv", "table"),
+        choices=("all", "cv", "table", "render"),
         default="all",
         help="cv: only the cross-validation rows (their own block of BENCHMARKS.md); table: "
-        "only the main table (test-set accuracy by seed, repro time, throughput)",
+        "only the main table (test-set accuracy by seed, repro time, throughput); render: "
+        "redraw the CV block from --json's figures, measuring nothing",
     )
     parser.add_argument(
         "--cv-repeats",
@@ -271,6 +273,12 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary clone")
     args = parser.parse_args()
 
+    if args.only == "render":
+        figures = bench_cv.results(json.loads(args.json.read_text(encoding="utf-8")))
+        block = bench_cv.render(figures, bench_cv.classes_of(figures["default"]))
+        write_benchmarks(args.out, block, bench_cv.START, bench_cv.END)
+        print(f"bench: redrew the CV block of {args.out} from {args.json}")
+        return 0
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     clone = ROOT.parent / f".imgclf-bench-{uuid.uuid4().hex[:8]}"
     bin_dir = str(Path(sys.executable).parent)

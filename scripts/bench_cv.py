@@ -68,8 +68,12 @@ def cv_rows(
         ladder.append({"epochs": epochs, **short})
         if short["cv_accuracy"] >= seed["cv_accuracy"]:
             break
-    reached = ladder[-1] if ladder[-1]["cv_accuracy"] >= seed["cv_accuracy"] else None
-    return {"default": full, "seed": seed, "ladder": ladder, "reached": reached}
+    return {"default": full, "seed": seed, "ladder": ladder, "reached": reached(ladder, seed)}
+
+
+def reached(ladder: list[dict[str, float]], seed: dict[str, float]) -> dict[str, float] | None:
+    """The rung that reached the seed recipe's accuracy (the ladder stops there), or None."""
+    return ladder[-1] if ladder and ladder[-1]["cv_accuracy"] >= seed["cv_accuracy"] else None
 
 
 def _pct(x: float) -> str:
@@ -181,6 +185,25 @@ def figures(r: dict[str, Any]) -> dict[str, Any]:
         "date": r["date"],
         "cv": {"default": d, "seed": s, "ladder": r["ladder"]},
     }
+
+
+def results(figures: dict[str, Any]) -> dict[str, Any]:
+    """``benchmarks.json``'s CV figures back in the shape :func:`render` takes (the inverse of
+    :func:`figures`): ``bench.py --only render`` redraws the block without training."""
+    cv = figures["cv"]
+    return {
+        "default": cv["default"],
+        "seed": cv["seed"],
+        "ladder": cv["ladder"],
+        "reached": reached(cv["ladder"], cv["seed"]),
+        **{k: figures[k] for k in ("date", "machine", "commit", "host_cpu")},
+    }
+
+
+def classes_of(summary: dict[str, float]) -> list[str]:
+    """The class names a ``cv_*`` summary scores, in order."""
+    return sorted(k.removeprefix("cv_f1_") for k in summary if k.startswith("cv_f1_")
+                  and not k.endswith(("_std", "_ci95_low", "_ci95_high")))  # fmt: skip
 
 
 def write_json(path: Path, section: dict[str, Any]) -> None:

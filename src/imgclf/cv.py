@@ -126,19 +126,27 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
 
 def scores(cm: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
     """Accuracy, macro F1 and per-class precision, recall and F1 of one confusion matrix."""
-    diag = np.diag(cm).astype(float)
+    return dict(zip(score_names(classes), map(float, score_array(cm)), strict=True))
+
+
+def score_names(classes: Sequence[str]) -> list[str]:
+    """The names of :func:`score_array`'s columns."""
+    per_class = [f"{m}_{name}" for name in classes for m in ("precision", "recall", "f1")]
+    return ["accuracy", "macro_f1", *per_class]
+
+
+def score_array(cm: np.ndarray) -> np.ndarray:
+    """:func:`scores` of a stack of confusion matrices (``... x n x n``), as ``... x metrics``
+    (the columns :func:`score_names`): the bootstrap scores thousands at once."""
+    cm = np.asarray(cm, dtype=float)
+    diag = np.diagonal(cm, axis1=-2, axis2=-1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.nan_to_num(diag / cm.sum(axis=0))
-        recall = np.nan_to_num(diag / cm.sum(axis=1))
+        precision = np.nan_to_num(diag / cm.sum(axis=-2))
+        recall = np.nan_to_num(diag / cm.sum(axis=-1))
         f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
-    out = {"accuracy": float(diag.sum() / max(cm.sum(), 1)), "macro_f1": float(f1.mean())}
-    for i, name in enumerate(classes):
-        out |= {
-            f"precision_{name}": float(precision[i]),
-            f"recall_{name}": float(recall[i]),
-            f"f1_{name}": float(f1[i]),
-        }
-    return out
+    accuracy = diag.sum(axis=-1) / np.maximum(cm.sum(axis=(-2, -1)), 1)
+    per_class = np.stack([precision, recall, f1], axis=-1).reshape(*cm.shape[:-2], -1)
+    return np.concatenate([accuracy[..., None], f1.mean(axis=-1)[..., None], per_class], -1)
 
 
 def summarize(
@@ -225,15 +233,17 @@ def _group_bootstrap(
     fold's groups (one draw for every repeat: they are the same files) and the repeats."""
     n, n_repeats = len(classes), len(per_fold[0])
     rng = np.random.default_rng(seed)
-    out = []
+    cells = []  # replicates x (picked repeats x folds) x n*n
     for _ in range(replicates):
         draws = [rng.integers(0, counts.shape[1], counts.shape[1]) for counts in per_fold]
         # One repeat: no draw, so a single run's interval is what it always was.
         picked = rng.integers(0, n_repeats, n_repeats) if n_repeats > 1 else [0]
-        cells = [
-            list(scores(counts[r, drawn].sum(axis=0).reshape(n, n), classes).values())
-            for r in picked
-            for counts, drawn in zip(per_fold, draws, strict=True)
-        ]
-        out.append(np.mean(cells, axis=0))
-    return np.array(out)
+        cells.append(
+            [
+                counts[r, drawn].sum(axis=0)
+                for r in picked
+                for counts, drawn in zip(per_fold, draws, strict=True)
+            ]
+        )
+    scored = score_array(np.array(cells).reshape(replicates, -1, n, n))
+    return scored.mean(axis=1)

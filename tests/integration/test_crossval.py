@@ -4,7 +4,9 @@ run it, with its fold runs, summary, predictions and its refusals."""
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
+from pathlib import Path
 
 import optuna
 import pytest
@@ -17,6 +19,7 @@ env = sweep.env  # the sweep tests' module fixture: tiny data, a copy of conf/, 
 optuna_args = sweep.optuna_args
 
 CV3 = ["cv=grouped5", "cv.folds=3"]
+CLI = str(Path(EXE).with_name("imgclf"))
 
 
 def test_a_cross_validated_job_logs_one_child_run_per_fold_and_its_summary(env):
@@ -94,6 +97,16 @@ def test_repeats_train_every_fold_again_under_the_next_seeds(env):
     for seed in ("7", "8"):  # every file predicted once per seed
         assert len({r["path"] for r in rows if r["seed"] == seed}) == 48
     assert len(rows) == 96
+
+    # imgclf cv-report scores the job from its run id exactly as the job scored itself.
+    report = subprocess.run(
+        [CLI, "cv-report", job.info.run_id, "--json"], env=env["env"], cwd=env["work"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    together = json.loads(report.stdout)["together"]
+    for key in ("cv_accuracy", "cv_accuracy_ci95_low", "cv_accuracy_ci95_high",
+                "cv_accuracy_seed_std", "cv_macro_f1_ci95_high"):  # fmt: skip
+        assert together[key] == m[key]
 
 
 @pytest.mark.slow  # Optuna through imgclf-train's sweeper: CI runs the slow group

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from imgclf import interrupts
-from imgclf.cli import models, pipeline, team
+from imgclf.cli import models, pipeline, runs, team
 from imgclf.cli.command import Command, setup_logging
 from imgclf.errors import EXIT_USER_ERROR, ImgclfError
 
@@ -21,7 +21,7 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 COMMANDS: dict[str, Command] = {
-    c.name: c for c in (*pipeline.COMMANDS, *models.COMMANDS, *team.COMMANDS)
+    c.name: c for c in (*pipeline.COMMANDS, *models.COMMANDS, *runs.COMMANDS, *team.COMMANDS)
 }
 
 

@@ -10,6 +10,7 @@
 
 from imgclf.tracking.record import (
     child_runs,
+    download_run_file,
     log_artifact,
     log_artifacts_to,
     log_metrics,
@@ -17,6 +18,7 @@ from imgclf.tracking.record import (
     log_text,
     log_to,
     logged_steps,
+    run_params,
     run_status,
     set_run_tags,
     set_tags,
@@ -72,6 +74,7 @@ __all__ = [
     "configure",
     "default_tracking_uri",
     "delete_version",
+    "download_run_file",
     "download_version_files",
     "download_version_folder",
     "end_dead_runs",
@@ -92,6 +95,7 @@ __all__ = [
     "register_version",
     "require_model",
     "retrying",
+    "run_params",
     "run_status",
     "set_alias",
     "set_run_tags",

@@ -13,9 +13,11 @@ from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from imgclf.tracking.store import retrying
+from imgclf.tracking.runs import find_run
+from imgclf.tracking.store import is_lock_error, retrying
 
 
 def log_params(params: Mapping[str, Any]) -> None:
@@ -97,9 +99,28 @@ def child_runs(parent_run_id: str) -> list[dict[str, Any]]:
     ]
 
 
+def run_params(run_id: str) -> dict[str, str]:
+    """The params of a run."""
+    return dict(retrying(MlflowClient().get_run, run_id).data.params)
+
+
 def run_status(run_id: str) -> str:
     """The status of a run (RUNNING, FINISHED, FAILED, KILLED)."""
     return str(retrying(MlflowClient().get_run, run_id).info.status)
+
+
+def download_run_file(run_id: str, rel: str, dst: Path) -> Path | None:
+    """Download the artifact ``rel`` of run ``run_id`` into ``dst``; None when the store has no
+    such run. A run without that file raises :class:`FileNotFoundError` naming both."""
+    client = MlflowClient()
+    if find_run(client, run_id) is None:
+        return None
+    try:
+        return Path(retrying(client.download_artifacts, run_id, rel, str(dst)))
+    except (OSError, MlflowException) as exc:
+        if isinstance(exc, MlflowException) and is_lock_error(exc):
+            raise
+        raise FileNotFoundError(f"run {run_id} has no artifact {rel}") from exc
 
 
 def logged_steps(run_id: str, key: str) -> set[int]:

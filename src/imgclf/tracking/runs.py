@@ -132,7 +132,7 @@ def open_run(
         # Before reaping: a parent another process left behind is alive again while we add to it.
         _hold(client, parent_run_id)
     end_dead_runs(exp_id, keep=run_id)
-    old = _find_run(client, run_id) if run_id else None
+    old = find_run(client, run_id) if run_id else None
     extra = dict(tags or {})
     if old is not None:
         lineage = {k: v for k, v in lineage_tags().items() if k not in old.data.tags}
@@ -174,7 +174,7 @@ def _reopen(client: MlflowClient, old: MlflowRun, tags: dict[str, str], active: 
 
 def _hold(client: MlflowClient, run_id: str) -> None:
     """Tag ``run_id`` as held by this process, and make it RUNNING again if it was ended."""
-    run = _find_run(client, run_id)
+    run = find_run(client, run_id)
     if run is None:
         return
     holder = _holder_tags()
@@ -195,7 +195,7 @@ def _set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> Non
     retrying(client.log_batch, run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
-def _find_run(client: MlflowClient, run_id: str) -> MlflowRun | None:
+def find_run(client: MlflowClient, run_id: str) -> MlflowRun | None:
     """The run, or None when the store does not have it; any other error is raised (a store
     that stayed locked is not a lost run: that would open an orphan in its place)."""
     try:
@@ -251,7 +251,7 @@ def _pid_alive(pid: int) -> bool:
 def mark_killed(run_id: str, reason: str) -> None:
     """End a run that its own process can no longer end (SIGKILL, out-of-memory, power)."""
     client = MlflowClient()
-    run = _find_run(client, run_id)
+    run = find_run(client, run_id)
     if run is None or run.info.status != RUNNING:
         return
     log.warning("MLflow run %s was left RUNNING (%s); marking it KILLED", run_id, reason)
