@@ -61,7 +61,7 @@ def test_jobs_run_apart_score_as_the_one_repeated_job_they_add_up_to(tmp_path):
     parts = [_write(tmp_path / str(s), {s: w})[0] for s, w in WRONG.items()]
 
     one = cvreport.run([str(whole)])
-    apart = cvreport.run([str(p) for p in parts])
+    apart = cvreport.run([str(p.parent) for p in parts])  # a folder holding predictions.csv
     assert one.together == apart.together  # the same rows: the same figures, interval included
     assert [r.seed for r in apart.repeats] == ["7", "8", "9"]
     pred = np.concatenate([np.where(np.isin(np.arange(N), list(w)), (y + 1) % 3, y)
@@ -124,5 +124,8 @@ def test_an_unknown_source_names_itself_and_the_store(tmp_path, monkeypatch, cap
     assert main(["cv-report", "0123456789abcdef"]) == 2
     err = capsys.readouterr().err
     assert "0123456789abcdef: neither a file nor a run in sqlite:///" in err
+    for path in ("missing.csv", str(tmp_path / "missing" / "predictions.csv"), "a'b"):
+        assert main(["cv-report", path]) == 2
+        assert f"{path}: no such file; give a cv/predictions.csv" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["cv-report"])  # at least one source

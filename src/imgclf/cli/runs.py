@@ -13,7 +13,7 @@ def _cv_report_args(p: argparse.ArgumentParser) -> None:
         "sources",
         nargs="+",
         help="cross-validated jobs of one recipe under different train.seed: their MLflow run "
-        "ids, or their cv/predictions.csv files",
+        "ids, or their cv/predictions.csv files (or the cv/ folders holding them)",
     )
     p.add_argument(
         "--seed", type=int, default=42, help="the bootstrap's seed (cv.seed's default: 42)"

@@ -15,6 +15,7 @@ runs that differ only in ``train.seed``.
 from __future__ import annotations
 
 import csv
+import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from imgclf.config import ConfigError
 from imgclf.errors import MissingInputError
 
 NEEDED = ("path", "actual", "predicted", "fold", "group")
+RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
 
 
 @dataclass(frozen=True)
@@ -66,12 +68,21 @@ class Source:
 
 
 def read_source(source: str, work: Path) -> Source:
-    """``source`` as a local predictions file: itself if it is a file, else the
-    ``cv/predictions.csv`` of the run with that id in the tracking store."""
+    """``source`` as a local predictions file: itself if it is a file, the ``predictions.csv``
+    in it if it is a folder, else the ``cv/predictions.csv`` of the run with that id in the
+    tracking store."""
     from imgclf import tracking
 
-    if Path(source).is_file():
-        return Source(source, Path(source))
+    path = Path(source)
+    if path.is_dir():  # the cv/ folder of a downloaded run
+        path = CVOutputs(path).predictions
+    if path.is_file():
+        return Source(source, path)
+    if not RUN_ID.fullmatch(source):  # MLflow's own rule for a run id
+        raise MissingInputError(
+            f"{source}: no such file; give a cv/predictions.csv or the run id of a "
+            "cross-validated job"
+        )
     tracking.configure()
     rel = f"{CVOutputs.STAGE}/{CVOutputs.predictions.name}"
     try:
