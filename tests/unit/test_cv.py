@@ -62,6 +62,19 @@ def test_scores_agree_with_scikit_learn():
     assert [got[f"f1_{c}"] for c in CLASSES] == pytest.approx(list(per_class))
 
 
+def test_a_stack_of_confusion_matrices_scores_as_each_one_alone():
+    """What the bootstrap relies on: score_array over replicates x cells x n x n."""
+    rng = np.random.default_rng(4)
+    stack = rng.integers(0, 9, (4, 5, 3, 3))
+    stack[0, 0] = 0  # an empty cell: zeros, not NaN
+    stack[1, 2, :, 1] = 0  # a class never predicted
+    scored = cv.score_array(stack)
+    assert scored.shape == (4, 5, len(cv.score_names(CLASSES)))
+    for i, j in np.ndindex(4, 5):
+        alone = cv.scores(stack[i, j], CLASSES)
+        assert dict(zip(cv.score_names(CLASSES), scored[i, j], strict=True)) == alone
+
+
 def test_summary_is_the_mean_over_folds_with_its_spread_and_an_interval_around_it():
     y, groups = _labels_and_groups(n_groups=200)
     folds = cv.grouped_folds(y, groups, 5, seed=0)
