@@ -52,6 +52,17 @@ class Terminated(KeyboardInterrupt):
     """
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+
+
+def exit_status(exc: KeyboardInterrupt) -> tuple[int, str]:
+    """How a door ends on Ctrl-C or SIGTERM: its exit status and the words of its one line."""
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED, "terminated (SIGTERM)"
+    return EXIT_INTERRUPTED, "interrupted"
+
+
 def _on_sigterm(signum: int, _frame: Any) -> None:
     # Further SIGTERMs while unwinding would interrupt the status update; SIGKILL still works.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

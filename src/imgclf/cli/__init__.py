@@ -16,9 +16,7 @@ from imgclf import interrupts
 from imgclf.cli import models, pipeline, runs, team
 from imgclf.cli.command import Command, setup_logging
 from imgclf.errors import EXIT_USER_ERROR, ImgclfError
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports it
-EXIT_TERMINATED = 143  # 128 + SIGTERM
+from imgclf.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED
 
 COMMANDS: dict[str, Command] = {
     c.name: c for c in (*pipeline.COMMANDS, *models.COMMANDS, *runs.COMMANDS, *team.COMMANDS)
@@ -46,12 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImgclfError as exc:
         print(f"imgclf {command.name}: {one_line(exc)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
-    except interrupts.Terminated:
-        print(f"imgclf {command.name}: terminated (SIGTERM)", file=sys.stderr, flush=True)
-        return EXIT_TERMINATED
-    except KeyboardInterrupt:
-        print(f"imgclf {command.name}: interrupted", file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (interrupts.Terminated)
+        status, what = interrupts.exit_status(exc)
+        print(f"imgclf {command.name}: {what}", file=sys.stderr, flush=True)
+        return status
 
 
 def one_line(exc: BaseException) -> str:

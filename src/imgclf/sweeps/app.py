@@ -172,9 +172,11 @@ def main() -> None:
     try:
         with interrupts.handlers():  # SIGTERM unwinds like Ctrl-C: the job's run ends KILLED
             app()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # the runs have ended KILLED: one line, not a traceback
         _end_grid_parent("KILLED")
-        raise
+        status, what = interrupts.exit_status(exc)
+        sys.stderr.write(f"imgclf-train: {what}\n")
+        sys.exit(status)
     except SystemExit as exc:  # Hydra reports a failed job and exits 1
         if exc.code not in (0, None):
             _end_grid_parent("FAILED")
