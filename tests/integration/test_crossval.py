@@ -66,8 +66,13 @@ def test_a_cross_validated_job_logs_one_child_run_per_fold_and_its_summary(env):
 
 
 def test_repeats_train_every_fold_again_under_the_next_seeds(env):
-    finish(launch(env, ["cv=grouped5", "cv.folds=2", "cv.repeats=2", *TINY, "train.epochs=1",
-                        "train.seed=7"]))  # fmt: skip
+    out = finish(launch(env, ["cv=grouped5", "cv.folds=2", "cv.repeats=2", *TINY,
+                              "train.epochs=1", "train.seed=7"]))  # fmt: skip
+    progress = [line for line in out.splitlines() if " of 4): accuracy " in line]
+    assert [line.split(": ")[1] for line in progress] == [
+        "fold-1-of-2-seed-7 (1 of 4)", "fold-2-of-2-seed-7 (2 of 4)",
+        "fold-1-of-2-seed-8 (3 of 4)", "fold-2-of-2-seed-8 (4 of 4)",
+    ]  # fmt: skip
     exp = env["client"].get_experiment_by_name(EXPERIMENT)
     [job] = env["client"].search_runs(
         [exp.experiment_id],

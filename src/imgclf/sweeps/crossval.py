@@ -129,6 +129,17 @@ def run_cv_job(
                         preload=CHILD_PRELOAD,
                     )
                 )
+            done = folds[-1]  # a line per fold: a CV job can train for an hour
+            log.info(
+                "%s: %s (%d of %d): accuracy %.4f on %d held-out files, %.0f s training",
+                run_name,
+                name,
+                step + 1,
+                k * repeats,
+                _accuracy(pool, done),
+                len(done.held),
+                done.train_seconds,
+            )
             if trial is not None:
                 _report(trial, folds, pool, step, k * repeats)
         result = _summarize(cfg, pool, classes, folds, run_id)
