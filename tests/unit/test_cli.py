@@ -1,6 +1,7 @@
 """The command table, the one base error class, and one-line messages for expected failures."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +109,24 @@ def test_imgclf_train_bad_override_is_one_line(tmp_path, override, line):
     assert proc.returncode == EXIT_USER_ERROR
     (err,) = proc.stderr.splitlines()
     assert err.startswith("imgclf-train: ") and line in err and "fix the override" in err
+
+
+@pytest.mark.integration  # two real imgclf-train processes
+def test_jobs_started_side_by_side_get_their_own_hydra_folders(tmp_path):
+    """Two jobs started in one second (seeds side by side, as docs/sweeps.md suggests) must not
+    share Hydra's run folder: one's .hydra/config.yaml and app.log would land in the other's."""
+    exe = str(Path(sys.executable).with_name("imgclf-train"))
+    env = {**os.environ, "IMGCLF_CONF_DIR": str(REPO_ROOT / "conf")}
+    procs = [
+        subprocess.Popen([exe, "--cfg", "hydra", "--resolve"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    dirs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        (run_dir,) = re.findall(r"^\s+dir: (outputs/\S+)$", out, re.MULTILINE)
+        dirs.append(run_dir)
+        assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", run_dir)
+    assert dirs[0] != dirs[1]
