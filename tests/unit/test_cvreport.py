@@ -9,6 +9,7 @@ import pytest
 from imgclf import cv
 from imgclf.artifacts import CVOutputs
 from imgclf.cli import main
+from imgclf.config import ConfigError
 from imgclf.sweeps import cvreport
 
 CLASSES = ["driving_license", "others", "social_security"]
@@ -129,3 +130,18 @@ def test_an_unknown_source_names_itself_and_the_store(tmp_path, monkeypatch, cap
         assert f"{path}: no such file; give a cv/predictions.csv" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["cv-report"])  # at least one source
+
+
+def test_runs_of_another_recipe_are_refused_by_their_params(tmp_path):
+    a = _write(tmp_path / "a", {7: {1}})[0]
+    b = _write(tmp_path / "b", {8: {2}})[0]
+    recipe = {"model.filters": "32", "train.seed": "7", "cv.repeats": "1", "train.threads": "1"}
+    same = recipe | {"train.seed": "8", "cv.repeats": "2", "train.threads": "0"}
+    run_a = cvreport.Source("run a", a, "7", recipe)
+    r = cvreport.report([run_a, cvreport.Source("run b", b, "8", same)])
+    assert r.together["cv_repeats"] == 2  # seeds, repeats and threads leave the recipe alike
+    other = same | {"model.filters": "16"}
+    refusal = r"run b: another recipe than run a \(model.filters 32 vs 16\); jobs scored"
+    with pytest.raises(ConfigError, match=refusal + " together must differ only in train.seed"):
+        cvreport.report([run_a, cvreport.Source("run b", b, "8", other)])
+    cvreport.report([run_a, cvreport.Source(str(b), b)])  # a file: no params to compare

@@ -8,8 +8,8 @@ them together with the same :func:`imgclf.cv.summarize`, so the mean and its int
 seed, and adds what only several seeds show: the files every seed gets wrong, and the
 ensemble (the seeds' probabilities averaged per file, scored on the same folds).
 
-Nothing here checks that the runs trained the same recipe (predictions do not say): give it
-runs that differ only in ``train.seed``.
+Runs given by id must have logged the same params but for the seeds (and threads); files carry
+no params, so for them that is the user's word.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from imgclf.config import ConfigError
 from imgclf.errors import MissingInputError
 
 NEEDED = ("path", "actual", "predicted", "fold", "group")
+SEED_ONLY = {"train.seed", "cv.repeats", "train.threads"}  # params that leave the recipe alike
 RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
 
 
@@ -65,6 +66,7 @@ class Source:
     name: str  # as the report shows it
     path: Path  # the local predictions file
     seed: str = "?"  # the run's train.seed, for a file without a seed column
+    params: dict[str, str] | None = None  # a run's params; a file has none
 
 
 def read_source(source: str, work: Path) -> Source:
@@ -97,7 +99,8 @@ def read_source(source: str, work: Path) -> Source:
             f"{source}: neither a file nor a run in {tracking.tracking_uri()}; give a "
             "cv/predictions.csv or the run id of a cross-validated job"
         )
-    return Source(f"run {source}", local, tracking.run_params(source).get("train.seed", "?"))
+    params = tracking.run_params(source)
+    return Source(f"run {source}", local, params.get("train.seed", "?"), params)
 
 
 def load(src: Source) -> tuple[list[str], list[Repeat]]:
@@ -172,8 +175,27 @@ def check_same_folds(repeats: Sequence[Repeat]) -> None:
             )
 
 
+def check_same_recipe(sources: Sequence[Source]) -> None:
+    """Runs must have trained the same recipe: every param alike but those that only say
+    which seeds, or how many threads, trained it. Files carry no params: not checked."""
+    runs = [s for s in sources if s.params is not None]
+    for run in runs[1:]:
+        first, other = runs[0].params or {}, run.params or {}
+        differ = sorted(
+            k for k in first.keys() | other.keys()
+            if k not in SEED_ONLY and first.get(k) != other.get(k)
+        )  # fmt: skip
+        if differ:
+            shown = ", ".join(f"{k} {first.get(k)} vs {other.get(k)}" for k in differ[:3])
+            raise ConfigError(
+                f"{run.name}: another recipe than {runs[0].name} ({shown}); jobs scored "
+                "together must differ only in train.seed"
+            )
+
+
 def report(sources: Sequence[Source], bootstrap_seed: int = 42) -> Report:
     """Score the predictions files ``sources`` as one repeated CV."""
+    check_same_recipe(sources)
     classes: list[str] | None = None
     repeats: list[Repeat] = []
     for src in sources:
