@@ -67,7 +67,7 @@ def test_a_cross_validated_job_logs_one_child_run_per_fold_and_its_summary(env):
 
 def test_repeats_train_every_fold_again_under_the_next_seeds(env):
     out = finish(launch(env, ["cv=grouped5", "cv.folds=2", "cv.repeats=2", *TINY,
-                              "train.epochs=1", "train.seed=7"]))  # fmt: skip
+                              "train.epochs=1", "train.seed=7", "cv.seed=3"]))  # fmt: skip
     progress = [line for line in out.splitlines() if " of 4): accuracy " in line]
     assert [line.split(": ")[1] for line in progress] == [
         "fold-1-of-2-seed-7 (1 of 4)", "fold-2-of-2-seed-7 (2 of 4)",
@@ -103,7 +103,8 @@ def test_repeats_train_every_fold_again_under_the_next_seeds(env):
         assert len({r["path"] for r in rows if r["seed"] == seed}) == 48
     assert len(rows) == 96
 
-    # imgclf cv-report scores the job from its run id exactly as the job scored itself.
+    # imgclf cv-report scores the job from its run id exactly as the job scored itself (its
+    # bootstrap seeded by the run's cv.seed).
     report = subprocess.run(
         [CLI, "cv-report", job.info.run_id, "--json"], env=env["env"], cwd=env["work"],
         capture_output=True, text=True, check=True,
@@ -111,7 +112,7 @@ def test_repeats_train_every_fold_again_under_the_next_seeds(env):
     together = json.loads(report.stdout)["together"]
     for key in ("cv_accuracy", "cv_accuracy_ci95_low", "cv_accuracy_ci95_high",
                 "cv_accuracy_seed_std", "cv_macro_f1_ci95_high"):  # fmt: skip
-        assert together[key] == m[key]
+        assert together[key] == m[key], key
 
 
 @pytest.mark.slow  # Optuna through imgclf-train's sweeper: CI runs the slow group

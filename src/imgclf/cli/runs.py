@@ -16,7 +16,11 @@ def _cv_report_args(p: argparse.ArgumentParser) -> None:
         "ids, or their cv/predictions.csv files (or the cv/ folders holding them)",
     )
     p.add_argument(
-        "--seed", type=int, default=42, help="the bootstrap's seed (cv.seed's default: 42)"
+        "--seed",
+        type=int,
+        default=None,
+        help="the bootstrap's seed (default: the first run's cv.seed, as the job drew it; 42 "
+        "for files)",
     )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
 

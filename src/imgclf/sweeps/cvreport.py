@@ -29,6 +29,7 @@ from imgclf.config import ConfigError
 from imgclf.errors import MissingInputError
 
 NEEDED = ("path", "actual", "predicted", "fold", "group")
+DEFAULT_BOOTSTRAP_SEED = 42  # cv.seed's default
 SEED_ONLY = {"train.seed", "cv.repeats", "train.threads"}  # params that leave the recipe alike
 RUN_ID = re.compile(r"[a-zA-Z0-9][\w\-]{0,255}")
 
@@ -43,7 +44,8 @@ class Repeat:
     y: np.ndarray
     fold: np.ndarray
     group: np.ndarray
-    proba: np.ndarray  # files x classes
+    pred: np.ndarray  # the job's own prediction (its full-precision argmax)
+    proba: np.ndarray  # files x classes, as written: 4 decimals (for the ensemble only)
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class Report:
     wrong_some: int  # files at least one repeat gets wrong
 
     def errors(self, r: Repeat) -> int:
-        return int((r.proba.argmax(axis=1) != r.y).sum())
+        return int((r.pred != r.y).sum())
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ def load(src: Source) -> tuple[list[str], list[Repeat]]:
                     y=np.array([index[r["actual"]] for r in part]),
                     fold=np.array([int(r["fold"]) for r in part]),
                     group=np.array([int(r["group"]) for r in part]),
+                    pred=np.array([index[r["predicted"]] for r in part]),
                     proba=np.array([[float(r[f"p_{c}"]) for c in classes] for r in part]),
                 )
             )
@@ -221,7 +224,7 @@ def report(sources: Sequence[Source], bootstrap_seed: int = 42) -> Report:
             seed=bootstrap_seed,
         )
 
-    preds = [r.proba.argmax(axis=1) for r in repeats]
+    preds = [r.pred for r in repeats]
     mean_proba = np.mean([r.proba for r in repeats], axis=0).argmax(axis=1)
     wrong = np.array([p != first.y for p in preds])
     together = summary(np.concatenate(preds), np.repeat(np.arange(len(repeats)), len(first.y)))
@@ -288,7 +291,12 @@ def as_json(r: Report) -> dict[str, object]:
     }
 
 
-def run(sources: Sequence[str], bootstrap_seed: int = 42) -> Report:
-    """Read every source (a predictions file or a run id) and score them together."""
+def run(sources: Sequence[str], bootstrap_seed: int | None = None) -> Report:
+    """Read every source (a predictions file or a run id) and score them together; the
+    bootstrap's seed is the first run's ``cv.seed`` (as the job drew it), else 42."""
     with tempfile.TemporaryDirectory(prefix="imgclf-cv-report-") as tmp:
-        return report([read_source(s, Path(tmp)) for s in sources], bootstrap_seed)
+        read = [read_source(s, Path(tmp)) for s in sources]
+        if bootstrap_seed is None:
+            logged = [s.params["cv.seed"] for s in read if s.params and "cv.seed" in s.params]
+            bootstrap_seed = int(logged[0]) if logged else DEFAULT_BOOTSTRAP_SEED
+        return report(read, bootstrap_seed)  # reads the downloaded files: inside the folder
