@@ -70,7 +70,7 @@ def test_jobs_run_apart_score_as_the_one_repeated_job_they_add_up_to(tmp_path):
     expected = cv.summarize(np.tile(y, 3), pred, np.tile(fold_of, 3), np.tile(groups, 3),
                             CLASSES, repeat_of=np.repeat([0, 1, 2], N), seed=42)  # fmt: skip
     assert apart.together == expected
-    assert [apart.errors(r) for r in apart.repeats] == [4, 5, 3]
+    assert apart.errors == [4, 5, 3]
     assert apart.each[2] == cv.summarize(y, pred[2 * N :], fold_of, groups, CLASSES, seed=42)
     assert apart.wrong_every == ["f001.jpg", "f002.jpg"]  # the files every seed misses
     assert apart.wrong_some == 7

@@ -55,12 +55,10 @@ class Report:
     each: list[dict[str, float]]  # cv.summarize of every repeat alone
     together: dict[str, float]  # ... of all of them as one repeated CV
     ensemble: dict[str, float]  # ... of the mean of their probabilities
+    errors: list[int]  # each repeat's wrong files, counted
     ensemble_errors: int
     wrong_every: list[str]  # files every repeat gets wrong
     wrong_some: int  # files at least one repeat gets wrong
-
-    def errors(self, r: Repeat) -> int:
-        return int((r.pred != r.y).sum())
 
 
 @dataclass(frozen=True)
@@ -234,6 +232,7 @@ def report(sources: Sequence[Source], bootstrap_seed: int = 42) -> Report:
         each=[summary(p) for p in preds],
         together=together,
         ensemble=summary(mean_proba),
+        errors=[int(w.sum()) for w in wrong],
         ensemble_errors=int((mean_proba != first.y).sum()),
         wrong_every=[first.paths[i] for i in np.flatnonzero(wrong.all(axis=0))],
         wrong_some=int(wrong.any(axis=0).sum()),
@@ -256,10 +255,10 @@ def render(r: Report) -> str:
         f"{'source':<{width}}  seed  errors  accuracy [95 % interval]",
     ]
     lines += [
-        f"{x.source:<{width}}  {x.seed:>4}  {r.errors(x):>6}  {_cell(s)}"
-        for x, s in zip(r.repeats, r.each, strict=True)
+        f"{x.source:<{width}}  {x.seed:>4}  {e:>6}  {_cell(s)}"
+        for x, e, s in zip(r.repeats, r.errors, r.each, strict=True)
     ]
-    mean_errors = np.mean([r.errors(x) for x in r.repeats])
+    mean_errors = np.mean(r.errors)
     t = r.together
     line = f"{'together':<{width}}  {'':>4}  {mean_errors:>6.1f}  {_cell(t)}"
     if len(r.repeats) > 1:
@@ -281,8 +280,8 @@ def as_json(r: Report) -> dict[str, object]:
     return {
         "classes": r.classes,
         "repeats": [
-            {"source": x.source, "seed": x.seed, "errors": r.errors(x), **s}
-            for x, s in zip(r.repeats, r.each, strict=True)
+            {"source": x.source, "seed": x.seed, "errors": e, **s}
+            for x, e, s in zip(r.repeats, r.errors, r.each, strict=True)
         ],
         "together": r.together,
         "ensemble": r.ensemble | {"errors": r.ensemble_errors},
