@@ -86,6 +86,12 @@ def read_source(source: str, work: Path) -> Source:
             "cross-validated job"
         )
     tracking.configure()
+    params = tracking.run_params(source)  # one read of the run: it exists, and its recipe
+    if params is None:
+        raise MissingInputError(
+            f"{source}: neither a file nor a run in {tracking.tracking_uri()}; give a "
+            "cv/predictions.csv or the run id of a cross-validated job"
+        )
     rel = f"{CVOutputs.STAGE}/{CVOutputs.predictions.name}"
     try:
         local = tracking.download_run_file(source, rel, work / source)
@@ -94,12 +100,6 @@ def read_source(source: str, work: Path) -> Source:
             f"run {source} has no {rel}: it is not a cross-validated job "
             "(`imgclf-train cv=grouped5 ...` logs one)"
         ) from exc
-    if local is None:
-        raise MissingInputError(
-            f"{source}: neither a file nor a run in {tracking.tracking_uri()}; give a "
-            "cv/predictions.csv or the run id of a cross-validated job"
-        )
-    params = tracking.run_params(source)
     return Source(f"run {source}", local, params.get("train.seed", "?"), params)
 
 

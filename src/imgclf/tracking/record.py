@@ -99,9 +99,10 @@ def child_runs(parent_run_id: str) -> list[dict[str, Any]]:
     ]
 
 
-def run_params(run_id: str) -> dict[str, str]:
-    """The params of a run."""
-    return dict(retrying(MlflowClient().get_run, run_id).data.params)
+def run_params(run_id: str) -> dict[str, str] | None:
+    """The params of a run; None when the store has no such run."""
+    run = find_run(MlflowClient(), run_id)
+    return None if run is None else dict(run.data.params)
 
 
 def run_status(run_id: str) -> str:
@@ -109,12 +110,11 @@ def run_status(run_id: str) -> str:
     return str(retrying(MlflowClient().get_run, run_id).info.status)
 
 
-def download_run_file(run_id: str, rel: str, dst: Path) -> Path | None:
-    """Download the artifact ``rel`` of run ``run_id`` into ``dst``; None when the store has no
-    such run. A run without that file raises :class:`FileNotFoundError` naming both."""
+def download_run_file(run_id: str, rel: str, dst: Path) -> Path:
+    """Download the artifact ``rel`` of run ``run_id`` into ``dst``. A run without that file
+    (or a store without that run: look it up first, :func:`run_params`) raises
+    :class:`FileNotFoundError` naming both."""
     client = MlflowClient()
-    if find_run(client, run_id) is None:
-        return None
     try:
         return Path(retrying(client.download_artifacts, run_id, rel, str(dst)))
     except (OSError, MlflowException) as exc:
