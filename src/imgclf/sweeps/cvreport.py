@@ -194,7 +194,7 @@ def check_same_recipe(sources: Sequence[Source]) -> None:
             )
 
 
-def report(sources: Sequence[Source], bootstrap_seed: int = 42) -> Report:
+def report(sources: Sequence[Source], bootstrap_seed: int = DEFAULT_BOOTSTRAP_SEED) -> Report:
     """Score the predictions files ``sources`` as one repeated CV."""
     check_same_recipe(sources)
     classes: list[str] | None = None
