@@ -47,13 +47,17 @@ def subsample_shortcut(
 ) -> keras.KerasTensor:
     """A residual block's projection shortcut: ``x[:, ::2, ::2, :]``, then a 1×1 conv, stride 1.
 
-    The same function, bit for bit, as ``Conv2D(filters, 1, strides=2, padding="same")`` (a 1×1
-    kernel at stride 2 never pads: output pixel i reads input pixel 2i), with the same weights
-    under the same name. Built this way because TensorFlow 2.21's oneDNN backward kernel for a
-    *strided* 1×1 convolution corrupts the heap on AVX-512/AMX Xeons for a 3-channel input and
-    8 or 16 filters (segfault or ``corrupted size vs. prev_size`` in the first training step;
-    the forward pass is fine). The subsample is a built-in pooling layer with a 1×1 window
-    (no weights, no custom class), so saved models load in safe mode and export to every format.
+    The same function as ``Conv2D(filters, 1, strides=2, padding="same")`` (a 1×1 kernel at
+    stride 2 never pads: output pixel i reads input pixel 2i), with the same weights under the
+    same name. Built this way because TensorFlow 2.21's oneDNN backward kernel for a *strided*
+    1×1 convolution over a 3-channel input (8 or 16 filters) is broken on AVX-512 hosts, Intel
+    and AMD Zen 4 alike: a segfault or ``corrupted size vs. prev_size`` in the first training
+    step, and under an ``ONEDNN_MAX_CPU_ISA=AVX2`` cap a silently wrong kernel gradient (49 % off
+    on a Zen 4); the forward pass is fine. Upstream, TensorFlow issue 117700 (oneDNN corrupts
+    memory in a matmul over a rank-4 input, a shape this convolution lowers to) looks like the
+    same bug; ``tests/unit/test_upstream_canary.py`` says when a TensorFlow release fixes it and
+    this workaround can go. The subsample is a built-in pooling layer with a 1×1 window (no
+    weights, no custom class), so saved models load in safe mode and export to every format.
     """
     sub = layers.AveragePooling2D(pool_size=1, strides=2, name=f"{name}_shortcut_subsample")(x)
     return layers.Conv2D(filters, 1, use_bias=use_bias, name=f"{name}_shortcut")(sub)

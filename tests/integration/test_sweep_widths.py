@@ -1,10 +1,10 @@
 """Every model family trains at the sweep spaces' edges: CI meets a native crash on its host.
 
 TensorFlow's oneDNN kernels are chosen per CPU (AVX2, AVX-512, AMX) and per shape: a residual
-block with 8 or 16 filters crashed on Xeons only. One epoch on a few random images of conf/'s
-image size, for each conf/model/*.yaml family x block x the smallest and largest widths that
-conf/sweep/*.yaml allow, in a child process: a native crash fails this test naming the config
-instead of taking the test session down.
+block with 8 or 16 filters crashed on AVX-512 hosts only (Intel Xeon and AMD Zen 4). One epoch
+on a few random images of conf/'s image size, for each conf/model/*.yaml family x block x the
+smallest and largest widths that conf/sweep/*.yaml allow, in a child process: a native crash
+fails this test naming the config instead of taking the test session down.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import yaml
 
 from imgclf.sweeps.space import parse_search_space
 from tests.conftest import REPO_ROOT
+
+pytestmark = pytest.mark.numerics  # rerun under every oneDNN ISA cap (tests/isa.py)
 
 CONF = REPO_ROOT / "conf"
 
