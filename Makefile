@@ -15,12 +15,14 @@ export PATH := $(BIN):$(PATH)
 IMGCLF_VERBOSE ?= 0
 export IMGCLF_VERBOSE
 
-.PHONY: setup repro test test-slow test-all ui compare params lint sweep bench clean help browser
+.PHONY: setup repro test test-slow test-isa test-all ui compare params lint sweep bench clean help browser
 
 help:
 	@echo "make repro   set up .venv, dvc pull the data, dvc repro the pipeline, show metrics"
 	@echo "make test    set up .venv, make lint, unit + integration tests (CI=true: + slow)"
 	@echo "make test-all  the same plus the slow group (real data, fresh clone, team stack, UI)"
+	@echo "             and the numerics tests under each oneDNN instruction set the CPU reaches"
+	@echo "make test-isa  only the numerics tests under each oneDNN instruction-set cap (tests/isa.py)"
 	@echo "make ui      MLflow UI over the project's store: prints and opens the training runs view"
 	@echo "make compare dvc exp show, the deciding metrics and main params only (COMPARE_ARGS=...)"
 	@echo "make params  recompose params.yaml from conf/ (Hydra)"
@@ -51,18 +53,23 @@ repro: $(STAMP)
 # `make test`: the lint (ruff, mypy, the layering contracts), then the unit and integration
 # groups on both cores (about 5 minutes on 2 cores). CI (CI=true) and `make test-all` add the
 # slow group: the real data, a fresh clone, the team stack, the MLflow UI in Chromium and every
-# model family at the sweeps' edges (another ~10 minutes).
+# model family at the sweeps' edges (another ~6 minutes); then test-isa: the `numerics` tests
+# again under each oneDNN instruction-set cap below the CPU's own, one run per distinct set of
+# kernels (about 1.5 minutes each; it ends with a table of the levels covered).
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadscope
 test: lint
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
-	@if [ "$$CI" = true ]; then $(MAKE) --no-print-directory test-slow; fi
+	@if [ "$$CI" = true ]; then $(MAKE) --no-print-directory test-slow test-isa; fi
 
 test-slow: $(STAMP) browser
 	$(PYTEST) -m slow $(PYTEST_ARGS)
 
+test-isa: $(STAMP)
+	$(BIN)/python -m tests.isa
+
 test-all: lint
 	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
-	$(MAKE) --no-print-directory test-slow
+	$(MAKE) --no-print-directory test-slow test-isa
 
 # The MLflow UI test drives a real headless Chromium. Installed from the system packages when
 # missing and we may (root with apt-get, as in CI); elsewhere that test skips, saying how.

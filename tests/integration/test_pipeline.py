@@ -18,6 +18,8 @@ from imgclf.stages import evaluate, export, train
 from tests.conftest import REPO_ROOT, tiny_config, write_params
 from tests.integration.conftest import DVC_EXP_NAME, copy_trained
 
+pytestmark = pytest.mark.numerics  # rerun under every oneDNN ISA cap (tests/isa.py)
+
 
 @pytest.fixture(scope="module")
 def pipeline(trained_tiny, tmp_path_factory):

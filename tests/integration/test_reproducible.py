@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from imgclf.host import host_cpu
 from imgclf.stages import evaluate, train
 from tests.integration.conftest import copy_trained
+
+pytestmark = pytest.mark.numerics  # rerun under every oneDNN ISA cap (tests/isa.py)
 
 
 def test_a_second_run_gives_byte_identical_outputs(trained_tiny, tmp_path, monkeypatch):

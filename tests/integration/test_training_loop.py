@@ -13,6 +13,8 @@ from imgclf.sweeps.job import run_job
 from imgclf.sweeps.trial import TrialLink
 from tests.conftest import TINY_CLASSES, draw_class_image, tiny_config
 
+pytestmark = pytest.mark.numerics  # rerun under every oneDNN ISA cap (tests/isa.py)
+
 EPOCHS = 8
 # Patience 1 on val_accuracy: the easy tiny classes reach a plateau within a few epochs, so both
 # fits stop early, and the stop and the kept epoch come from the same early stopping.
@@ -22,6 +24,7 @@ CFG = tiny_config(
 )
 KERAS_NAMES = {"loss", "accuracy", "val_loss", "val_accuracy"}
 PER_EPOCH = KERAS_NAMES | {"optimizer_iterations", "learning_rate"}  # and the loop's own two
+RTOL = 1e-4  # the job against the stage: why, at the first comparison
 
 
 def _write_tensors(pre: PreprocessOutputs) -> dict[str, np.ndarray]:
@@ -71,16 +74,19 @@ def test_stage_and_sweep_job_train_stop_and_keep_alike(fits):
     assert (job.best_epoch, job.epochs_run) == (stage.best_epoch, stage.epochs_run)
     # The job trains in a child forked from a server that preloaded TensorFlow (sweeps/isolate):
     # the same loop, seed and data, but a float32 reduction may round differently in the last
-    # bits there (seen: 3e-8 in one epoch's loss on a loaded host), so equal to 1e-6, not bits.
+    # bits there, and 20 optimizer steps carry it on. Seen: 3e-8 in one epoch's loss on the
+    # host's own kernels, 1.2e-6 relative in the 4th epoch's val_loss under oneDNN's SSE4.1 and
+    # AVX2 kernels (tests/isa.py). Any difference in the loop itself (another shuffle, seed or
+    # epoch count) moves these losses by whole per cent: RTOL = 1e-4 keeps 100x from both.
     np.testing.assert_allclose(
-        (job.val_accuracy, job.val_loss), (stage.val_accuracy, stage.val_loss), rtol=1e-6
+        (job.val_accuracy, job.val_loss), (stage.val_accuracy, stage.val_loss), rtol=RTOL
     )
     stage_hist = _history(fits["client"], stage.run_id)
     job_hist = _history(fits["client"], job.run_id)
     for key in PER_EPOCH:  # the same numbers, epoch by epoch
         assert [s for s, _ in job_hist[key]] == [s for s, _ in stage_hist[key]], key
         np.testing.assert_allclose(
-            [v for _, v in job_hist[key]], [v for _, v in stage_hist[key]], rtol=1e-6, err_msg=key
+            [v for _, v in job_hist[key]], [v for _, v in stage_hist[key]], rtol=RTOL, err_msg=key
         )
     # The kept epoch is the first best one, and patience epochs without improvement followed.
     val_accuracy = [v for _, v in stage_hist["val_accuracy"]]

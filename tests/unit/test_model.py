@@ -15,6 +15,8 @@ from imgclf.model import (
 )
 from tests.conftest import tiny_config
 
+pytestmark = pytest.mark.numerics  # rerun under every oneDNN ISA cap (tests/isa.py)
+
 SHAPE = (24, 36, 3)
 CFG = tiny_config()  # conf/ + the tests' override; each test sets the values it checks
 AUGMENT = CFG.augment
