@@ -44,6 +44,16 @@ def _git(cwd: Path | None, *args: str) -> str:
     ).stdout
 
 
+def committed_text(path: Path, rev: str = "HEAD") -> str | None:
+    """``path``'s content as committed at ``rev``; ``None`` where it is not in git (untracked,
+    no repository, no such revision)."""
+    path = path.resolve()
+    try:
+        return _git(path.parent, "show", f"{rev}:./{path.name}")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def git_state(cwd: Path | None = None) -> tuple[str, list[str]]:
     """The current commit and the files, relative to the repository, whose code or config
     differs from it: tracked files changed (not the pipeline's outputs) and untracked files in

@@ -179,14 +179,47 @@ def _summary(args: argparse.Namespace) -> int:
 
     from imgclf.artifacts import EvaluateOutputs, TrainOutputs
     from imgclf.card import summary_table
+    from imgclf.host import other_host_note
 
     root = Path(args.root)
     evaluated, trained = EvaluateOutputs.in_project(root), TrainOutputs.in_project(root)
     if not evaluated.metrics.is_file() or not trained.summary.is_file():
         raise MissingInputError(f"{evaluated.metrics} or {trained.summary}: run `dvc repro` first")
     summary = json.loads(trained.summary.read_text(encoding="utf-8"))
-    print(summary_table(evaluated.read_metrics(), summary))
+    metrics = evaluated.read_metrics()
+    print(summary_table(metrics, summary))
+    note = other_host_note(_committed_json(evaluated.metrics), metrics, _json(root / BENCHMARKS))
+    if note:
+        print(f"\n{note}")
     return 0
+
+
+BENCHMARKS = "benchmarks.json"
+
+
+def _json(path: Path) -> dict | None:
+    """A JSON object file's content; ``None`` when it is missing or not a JSON object."""
+    from imgclf.fileio import read_json
+
+    try:
+        value = read_json(path)
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _committed_json(path: Path) -> dict:
+    """``path`` as committed at HEAD (what the repository claims); ``{}`` when not in git."""
+    import json
+
+    from imgclf.lineage import committed_text
+
+    text = committed_text(path)
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 COMMANDS = [
