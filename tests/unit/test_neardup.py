@@ -1,5 +1,5 @@
 """Near-duplicate pairs (imgclf.data.neardup) against brute force, and the group cap
-(imgclf.data.groups)."""
+(imgclf.data.groups, imgclf.leakage.find_duplicates)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 
 from imgclf.data.groups import capped_groups, components, max_group_size
 from imgclf.data.neardup import NearPairs, chunks, near_pairs, run_pairs
+from imgclf.leakage import Item, find_duplicates
 
 
 def uniform_hashes(n: int, seed: int) -> np.ndarray:
@@ -179,3 +180,30 @@ def test_closer_pairs_win_the_cap() -> None:
     g = capped_groups(3, p, max_size=2)
     assert g.root.tolist() == [0, 1, 1] and g.cut.tolist() == [True, False]
     assert max_group_size(3, 0.05) == 2 and max_group_size(1000, 0.05) == 50
+
+
+def _hex(v: int) -> str:
+    return f"{v:016x}"
+
+
+def test_find_duplicates_reports_cuts_and_a_cut_pair_still_leaks() -> None:
+    # Training files 0..39 chained at distance 1 (40 look-alikes); a test file equal to the
+    # last training hash. A cap of 10 % of 42 files (4) cuts the chain, not the leak.
+    train = [(1 << k) - 1 for k in range(40)]  # k low bits set: consecutive ones 1 bit apart
+    items = [Item(f"tr/a/{k:02d}.png", "a", "tr", f"s{k}", _hex(v)) for k, v in enumerate(train)]
+    items += [
+        Item("te/a/twin.png", "a", "te", "t1", _hex(train[-1])),
+        Item("te/a/clean.png", "a", "te", "t2", _hex(0xF0F0_F0F0_F0F0_F0F0)),
+    ]
+    uncapped = find_duplicates(items, 1, "tr", "te")
+    capped = find_duplicates(items, 1, "tr", "te", max_group_fraction=0.1)
+    assert uncapped["summary"]["cut_pairs"] == 0 and len(set(uncapped["group"][:40])) == 1
+    s = capped["summary"]
+    assert s["cut_pairs"] == 9  # 40 files into groups of at most 4: 10 groups, 9 cuts
+    assert np.bincount(capped["group"][:40]).max() == 4
+    assert s["near_pairs"] == uncapped["summary"]["near_pairs"] == 39 + 2  # chain + 2 twins
+    assert (s["leaky_test_files"], s["leakfree_test_files"]) == (1, 1)
+    assert [r["path"] for r in capped["leakage"]] == ["te/a/twin.png"]
+    assert capped["leakage"][0]["twins"][0]["path"] == "tr/a/39.png"
+    assert [t["path"] for t in capped["leakage"][0]["twins"]] == ["tr/a/39.png", "tr/a/38.png"]
+    assert capped["leak"][38:] == [True, True, True, False]
