@@ -29,7 +29,7 @@ def skewed_hashes(n: int, seed: int, centres: int = 5, max_flips: int = 4) -> np
 
 
 def brute_force(
-    h: np.ndarray, d: int, content: np.ndarray | None = None, block: int = 1000
+    h: np.ndarray, d: int, content: np.ndarray | None = None, block: int = 500
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """All pairs by comparing every hash with every other, ``block`` rows at a time."""
     out_i, out_j, out_d = [], [], []
