@@ -44,6 +44,7 @@ class DataConfig:
     max_pixels: int
     max_rejected_fraction: float
     near_dup_distance: int
+    max_group_fraction: float  # largest near-duplicate group, as a fraction of the files
     workers: int
 
 

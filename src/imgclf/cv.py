@@ -3,8 +3,10 @@
 The pool is the preprocess stage's tensors (Training_data, or every labelled file with
 ``cv.pool=all``). Near-duplicate groups are ingest's leakage rule applied across the whole pool:
 two files are one group when their difference hashes are within ``data.near_dup_distance`` or
-their bytes are identical, transitively. A group never straddles a fold boundary, so every file
-is predicted once, by a model that saw neither it nor any of its twins.
+their bytes are identical, transitively, under ingest's cap of ``data.max_group_fraction`` of
+the pool per group (:mod:`imgclf.data.groups`; exact copies are never cut apart). A group never
+straddles a fold boundary, so every file is predicted once, by a model that saw neither it nor
+any of its twins (a pair cut by the cap, logged as a warning, is the exception).
 
 :func:`summarize` turns the out-of-fold predictions into, per metric, the mean over folds, their
 standard deviation and a 95 % interval of that mean from a group bootstrap: each replicate
@@ -23,8 +25,9 @@ from pathlib import Path
 import numpy as np
 
 from imgclf.artifacts import IngestOutputs, PreprocessOutputs
+from imgclf.data.groups import capped_groups, max_group_size
+from imgclf.data.neardup import content_ids, hex_hashes, near_pairs
 from imgclf.errors import MissingInputError
-from imgclf.leakage import hamming_matrix
 
 SUBSETS = {"train": ("train", "val"), "all": ("train", "val", "test")}
 BOOTSTRAP_REPLICATES = 2000
@@ -40,7 +43,9 @@ class Pool:
     paths: list[str]
 
 
-def load_pool(preprocess: Path, pool: str, near_dup_distance: int) -> Pool:
+def load_pool(
+    preprocess: Path, pool: str, near_dup_distance: int, max_group_fraction: float
+) -> Pool:
     """The pooled tensors of ``preprocess`` and their groups (from ingest's index beside it).
 
     Raises:
@@ -58,19 +63,24 @@ def load_pool(preprocess: Path, pool: str, near_dup_distance: int) -> Pool:
     subsets = SUBSETS[pool]
     rows = [r for s in subsets for r in pre.read_split(s)]
     by_path = {r["path"]: r for r in ingest.read_index()}
-    hashes = [by_path[r["path"]]["dhash"] for r in rows]
-    digests = np.array([by_path[r["path"]]["sha256"] for r in rows])
-    near = (hamming_matrix(hashes) <= near_dup_distance) | (digests[:, None] == digests[None, :])
+    paths = [r["path"] for r in rows]
+    pairs = near_pairs(
+        hex_hashes([by_path[p]["dhash"] for p in paths]),
+        near_dup_distance,
+        content_ids([by_path[p]["sha256"] for p in paths]),
+    )
+    cap = max_group_size(len(rows), max_group_fraction)
     return Pool(
         x=np.concatenate([arrays[f"x_{s}"] for s in subsets]),
         y=np.concatenate([arrays[f"y_{s}"] for s in subsets]),
-        groups=connected_groups(near),
-        paths=[r["path"] for r in rows],
+        groups=capped_groups(len(rows), pairs, cap, paths).labels(),
+        paths=paths,
     )
 
 
 def connected_groups(near: np.ndarray) -> np.ndarray:
-    """Group ids of the connected components of a boolean adjacency matrix."""
+    """Group ids of the connected components of a boolean adjacency matrix (a small one:
+    :func:`load_pool` groups from the near pairs, never from an n x n matrix)."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import connected_components
 

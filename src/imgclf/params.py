@@ -50,6 +50,11 @@ def check_ranges(cfg: Config) -> None:
             "must be in [0, 1]",
         ),
         (0 <= cfg.data.near_dup_distance <= 64, "data.near_dup_distance", "must be in [0, 64]"),
+        (
+            0.0 < cfg.data.max_group_fraction <= 1.0,
+            "data.max_group_fraction",
+            "must be in (0, 1]",
+        ),
         (cfg.model.name in MODEL_NAMES, "model.name", f"must be one of {MODEL_NAMES}"),
         (cfg.model.blocks >= 1, "model.blocks", "must be >= 1"),
         (cfg.model.block in BLOCK_TYPES, "model.block", f"must be one of {BLOCK_TYPES}"),

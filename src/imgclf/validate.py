@@ -114,6 +114,7 @@ def validate_dataset(root: Path, data: DataConfig, splits: tuple[str, ...]) -> V
         data.near_dup_distance,
         splits[0] if two else None,
         splits[1] if two else None,
+        max_group_fraction=data.max_group_fraction,
     )
     for row, group, leak in zip(rows, dups.pop("group"), dups.pop("leak"), strict=True):
         row["group"] = group
@@ -193,6 +194,7 @@ def render_text(v: Validation, max_listed: int = 20) -> str:
     lines.append(
         f"  near-duplicate pairs: {d['near_pairs']}; within-split groups: "
         f"{d['near_groups_within_split']} holding {d['files_in_near_groups']} files"
+        + (f" ({d['cut_pairs']} pairs cut by data.max_group_fraction)" if d["cut_pairs"] else "")
     )
     lines.append(f"  label conflicts (same image, different class): {d['label_conflicts']}")
     for c in v.duplicates["label_conflicts"][:max_listed]:
@@ -254,7 +256,13 @@ def render_card(v: Validation, figures: list[str]) -> str:
         f"{d['exact_groups_across_splits']} span train and test",
         f"- near-duplicate pairs: {d['near_pairs']}; near-duplicate groups within a split: "
         f"{d['near_groups_within_split']} ({d['files_in_near_groups']} files), kept on one "
-        "side of the train/validation split",
+        "side of the train/validation split"
+        + (
+            f" ({d['cut_pairs']} look-alike pairs cut to keep groups within "
+            "`data.max_group_fraction`)"
+            if d["cut_pairs"]
+            else ""
+        ),
         f"- label conflicts: {d['label_conflicts']}",
     ]
     if len(v.splits) == 2:

@@ -136,6 +136,7 @@ def _track(cfg: Config, v: Validation, out: IngestOutputs, files: list[Path]) ->
             "exact_groups",
             "exact_groups_across_splits",
             "near_pairs",
+            "cut_pairs",
             "label_conflicts",
             "leaky_test_files",
             "leaky_test_files_exact",

@@ -84,7 +84,9 @@ def run_cv_job(
 
         killed_on = (optuna.TrialPruned,)
     k, experiment = cfg.cv.folds, cfg.mlflow.experiment_name
-    pool = cv.load_pool(preprocess, cfg.cv.pool, cfg.data.near_dup_distance)
+    pool = cv.load_pool(
+        preprocess, cfg.cv.pool, cfg.data.near_dup_distance, cfg.data.max_group_fraction
+    )
     splits = cv.grouped_folds(pool.y, pool.groups, k, cfg.cv.seed)
     classes = PreprocessOutputs(preprocess).read_classes()
     seeds = f", {cfg.cv.repeats} training seeds" if cfg.cv.repeats > 1 else ""
