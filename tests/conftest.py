@@ -74,9 +74,6 @@ TINY_OVERRIDE: dict[str, dict[str, Any]] = {
         "val_fraction": 0.25,
         "min_side": 8,
         "workers": 1,
-        # 66 files: a 5 % cap is 3 files, and would cut apart the five training images whose
-        # stripes hash identically (tests/unit/test_neardup.py tests the cap itself)
-        "max_group_fraction": 1.0,
     },
     # Widths 8, 16: pinned, so the tests' 4-epoch fits do not follow the default's width
     "model": {"blocks": 2, "filters": 8, "filter_growth": 2.0, "dense_units": 16, "dropout": 0.1},

@@ -80,7 +80,7 @@ def find_duplicates(
             (exact duplicates always count, whatever their distance).
         train_split / test_split: split names; ``None`` when the dataset has one split only.
         max_group_fraction: a near-duplicate group holds at most this fraction of the files
-            (at least 2); the pairs refused to keep it so are counted as ``cut_pairs``
+            (never under 50 files); the pairs refused to keep it so are counted as ``cut_pairs``
             (:mod:`imgclf.data.groups`). 1.0 never cuts.
 
     Returns:

@@ -179,31 +179,48 @@ def test_closer_pairs_win_the_cap() -> None:
     p = NearPairs(np.array([0, 1]), np.array([1, 2]), np.array([3, 1], np.uint8), np.zeros(2, bool))
     g = capped_groups(3, p, max_size=2)
     assert g.root.tolist() == [0, 1, 1] and g.cut.tolist() == [True, False]
-    assert max_group_size(3, 0.05) == 2 and max_group_size(1000, 0.05) == 50
+    assert max_group_size(3, 0.05) == 50 and max_group_size(1000, 0.05) == 50
+    assert max_group_size(100_000, 0.05) == 5000 and max_group_size(100_000, 1.0) == 100_000
 
 
 def _hex(v: int) -> str:
     return f"{v:016x}"
 
 
+def _walk(k: int) -> int:
+    """Hash k of a walk where hashes k and k+1 differ in one bit and no others are that close
+    (for k < 127): the low k bits set, then from 64 on the low bits cleared one by one."""
+    return (1 << k) - 1 if k <= 64 else ((1 << 64) - 1) ^ ((1 << (k - 64)) - 1)
+
+
 def test_find_duplicates_reports_cuts_and_a_cut_pair_still_leaks() -> None:
-    # Training files 0..39 chained at distance 1 (40 look-alikes); a test file equal to the
-    # last training hash. A cap of 10 % of 42 files (4) cuts the chain, not the leak.
-    train = [(1 << k) - 1 for k in range(40)]  # k low bits set: consecutive ones 1 bit apart
-    items = [Item(f"tr/a/{k:02d}.png", "a", "tr", f"s{k}", _hex(v)) for k, v in enumerate(train)]
+    # Training files 0..119 chained at distance 1 (120 look-alikes); a test file equal to the
+    # last training hash. A 10 % cap of 122 files is under the floor of 50: groups of 50 files.
+    train = [_walk(k) for k in range(120)]
+    items = [Item(f"tr/a/{k:03d}.png", "a", "tr", f"s{k}", _hex(v)) for k, v in enumerate(train)]
     items += [
         Item("te/a/twin.png", "a", "te", "t1", _hex(train[-1])),
         Item("te/a/clean.png", "a", "te", "t2", _hex(0xF0F0_F0F0_F0F0_F0F0)),
     ]
     uncapped = find_duplicates(items, 1, "tr", "te")
     capped = find_duplicates(items, 1, "tr", "te", max_group_fraction=0.1)
-    assert uncapped["summary"]["cut_pairs"] == 0 and len(set(uncapped["group"][:40])) == 1
+    assert uncapped["summary"]["cut_pairs"] == 0 and len(set(uncapped["group"][:120])) == 1
     s = capped["summary"]
-    assert s["cut_pairs"] == 9  # 40 files into groups of at most 4: 10 groups, 9 cuts
-    assert np.bincount(capped["group"][:40]).max() == 4
-    assert s["near_pairs"] == uncapped["summary"]["near_pairs"] == 39 + 2  # chain + 2 twins
+    assert s["cut_pairs"] == 2  # 120 files into groups of at most 50: 50 + 50 + 20
+    assert sorted(np.bincount(capped["group"][:120])[np.bincount(capped["group"][:120]) > 0]) == [
+        20,
+        50,
+        50,
+    ]
+    assert s["near_pairs"] == uncapped["summary"]["near_pairs"] == 119 + 2  # chain + 2 twins
     assert (s["leaky_test_files"], s["leakfree_test_files"]) == (1, 1)
     assert [r["path"] for r in capped["leakage"]] == ["te/a/twin.png"]
-    assert capped["leakage"][0]["twins"][0]["path"] == "tr/a/39.png"
-    assert [t["path"] for t in capped["leakage"][0]["twins"]] == ["tr/a/39.png", "tr/a/38.png"]
-    assert capped["leak"][38:] == [True, True, True, False]
+    assert [t["path"] for t in capped["leakage"][0]["twins"]] == ["tr/a/119.png", "tr/a/118.png"]
+    assert capped["leak"][118:] == [True, True, True, False]
+
+
+def test_a_small_dataset_keeps_its_components_whatever_the_fraction() -> None:
+    train = [_walk(k) for k in range(40)]
+    items = [Item(f"tr/a/{k:02d}.png", "a", "tr", f"s{k}", _hex(v)) for k, v in enumerate(train)]
+    capped = find_duplicates(items, 1, "tr", None, max_group_fraction=0.01)
+    assert capped["summary"]["cut_pairs"] == 0 and len(set(capped["group"])) == 1

@@ -3,7 +3,8 @@
 A group is what a split keeps on one side. Plain connected components of the near pairs are
 transitive: on skewed hashes (thousands of look-alike forms) chains of look-alikes join into one
 giant component, and a grouped split then puts most of the data on one side, silently. So groups
-are built Kruskal-style with a cap of ``max(2, floor(max_group_fraction * n))`` files:
+are built Kruskal-style with a cap of ``max(MIN_GROUP_CAP, floor(max_group_fraction * n))`` files
+(:func:`max_group_size`):
 
 1. the pairs are taken in order exact copies first, then by increasing distance, ties by
    ``(i, j)``;
@@ -48,9 +49,16 @@ class Groups:
         return np.unique(self.root, return_inverse=True)[1].astype(np.int64)
 
 
+# Groups up to this size are never cut, whatever the fraction: a family of up to 50 look-alikes
+# is more likely real (one form photographed many times) than a chain through skewed hashes,
+# and cannot unbalance a split by more than 50 files. So a small dataset keeps its plain
+# connected components (the id-cards' largest group holds 7 files).
+MIN_GROUP_CAP = 50
+
+
 def max_group_size(n: int, max_group_fraction: float) -> int:
-    """The cap: ``max(2, floor(max_group_fraction * n))`` files."""
-    return max(2, math.floor(max_group_fraction * n))
+    """The cap: ``max(MIN_GROUP_CAP, floor(max_group_fraction * n))`` files."""
+    return max(MIN_GROUP_CAP, math.floor(max_group_fraction * n))
 
 
 def components(n: int, pairs: NearPairs) -> np.ndarray:
