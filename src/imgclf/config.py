@@ -19,6 +19,7 @@ MODEL_NAMES = ("cnn", "seed_cnn", "resnet")
 BLOCK_TYPES = ("plain", "residual")
 SCHEDULES = ("constant", "cosine")
 FITS = ("stretch", "crop_tall", "crop")  # data.fit, see imgclf.images.fit_aspect
+ENGINES = ("local", "dask")  # data.engine: where ingest and preprocess decode
 
 
 class ConfigError(ImgclfError, ValueError):
@@ -46,6 +47,8 @@ class DataConfig:
     near_dup_distance: int
     max_group_fraction: float  # largest near-duplicate group, as a fraction of the files
     workers: int
+    engine: str  # where ingest and preprocess decode: local | dask (imgclf.parallel)
+    dask_scheduler: str  # data.engine=dask: the scheduler's address; "" = a LocalCluster here
 
 
 @dataclass

@@ -26,6 +26,7 @@ from omegaconf.errors import (
 from imgclf.config import (
     BLOCK_TYPES,
     CV_POOLS,
+    ENGINES,
     FITS,
     FORMAT_NAMES,
     MODEL_NAMES,
@@ -50,6 +51,7 @@ def check_ranges(cfg: Config) -> None:
             "must be in [0, 1]",
         ),
         (0 <= cfg.data.near_dup_distance <= 64, "data.near_dup_distance", "must be in [0, 64]"),
+        (cfg.data.engine in ENGINES, "data.engine", f"must be one of {ENGINES}"),
         (
             0.0 < cfg.data.max_group_fraction <= 1.0,
             "data.max_group_fraction",

@@ -19,7 +19,7 @@ from imgclf.config import DataConfig
 from imgclf.dataset import scan_dataset
 from imgclf.images import ImageRejected, open_image
 from imgclf.leakage import Item, dhash, find_duplicates
-from imgclf.parallel import map_in_processes
+from imgclf.parallel import Engine, map_files
 
 
 @dataclass
@@ -79,7 +79,7 @@ def validate_dataset(root: Path, data: DataConfig, splits: tuple[str, ...]) -> V
     root = Path(root)
     scan = scan_dataset(root, splits)
     inspect = partial(_inspect, min_side=data.min_side, max_pixels=data.max_pixels)
-    results = map_in_processes(inspect, [p for _, _, p in scan.files], data.workers)
+    results = map_files(inspect, [p for _, _, p in scan.files], Engine.of(data))
 
     rows: list[dict[str, Any]] = []
     rejected: list[dict[str, str]] = []

@@ -22,7 +22,7 @@ from imgclf import plots
 from imgclf.artifacts import IngestOutputs, PreprocessOutputs
 from imgclf.config import Config, DataConfig
 from imgclf.images import load_resized
-from imgclf.parallel import map_in_processes
+from imgclf.parallel import Engine, map_files
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
 
     load = partial(load_resized, height=data.image_height, width=data.image_width, fit=data.fit)
     ordered = [r for s in SUBSETS for r in subsets[s]]
-    images = map_in_processes(load, [data_dir / r["path"] for r in ordered], data.workers)
+    images = map_files(load, [data_dir / r["path"] for r in ordered], Engine.of(data))
     arrays: dict[str, np.ndarray] = {}
     start = 0
     for s in SUBSETS:
