@@ -1,6 +1,6 @@
 """The two building blocks of every output folder: :class:`Outputs` (a folder) and :class:`File`.
 
-On an instance an attribute is a path (``PreprocessOutputs(root).dataset``); on the class it is
+On an instance an attribute is a path (``PreprocessOutputs(root).shards``); on the class it is
 the file's entry, whose ``.name`` is the file name.
 """
 
