@@ -52,7 +52,7 @@ def test_written_rows_read_back_in_any_order(tmp_path):
     reader = pre.reader()
     manifest = json.loads(pre.manifest.read_text())
     assert manifest["subsets"]["train"]["count"] == 23
-    assert [s["rows"] for s in manifest["subsets"]["train"]["shards"]] == [4, 4, 4, 4, 4, 3]
+    assert [s["rows"] for s in manifest["subsets"]["train"]["files"]] == [4, 4, 4, 4, 4, 3]
     assert manifest["image_shape"] == list(SHAPE) and manifest["params"]["fit"] == "stretch"
     reader.verify()  # every sha256 matches
     for s, (x, y) in subsets.items():
@@ -88,9 +88,12 @@ def test_a_broken_folder_names_the_file_and_the_fix(tmp_path):
 def test_a_failed_write_keeps_the_old_folder_and_leaves_no_temporary(tmp_path, monkeypatch):
     pre = _write(tmp_path, _subsets())
     before = pre.manifest.read_bytes()
-    with pytest.raises(RuntimeError, match="killed"), ShardWriter(
-        pre.shards, image_shape=SHAPE, counts={"train": 3}, classes=["a"], params={}
-    ) as w:
+    with (
+        pytest.raises(RuntimeError, match="killed"),
+        ShardWriter(
+            pre.shards, image_shape=SHAPE, counts={"train": 3}, classes=["a"], params={}
+        ) as w,
+    ):
         w.append("train", np.zeros((3, *SHAPE), np.uint8), np.zeros(3, np.int64))
         raise RuntimeError("killed")
     assert pre.manifest.read_bytes() == before

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar, Self, overload
 
 ARTIFACTS_DIR = "artifacts"  # the project's stage outputs: artifacts/<stage>/
+MANIFEST_NAME = "manifest.json"  # a model folder's file hashes, and a shard folder's manifest
 
 
 class File:

@@ -8,7 +8,7 @@ A shard folder (``artifacts/preprocess/shards/``) holds, per subset (train, val,
 
 and ``manifest.json``: the format version, the image shape and dtype, the classes, the input
 spec that made the rows (the params), and per subset its count and each file's name, row
-count, size and sha256.
+count, size and sha256 (``files``).
 
 Why ``.npy`` and not TFRecord or ArrayRecord: a row is at a fixed byte offset
 (``header + row * row_bytes``), so any row is one positioned read: random access for the
@@ -48,12 +48,13 @@ from typing import Any
 import numpy as np
 from numpy.lib import format as npformat
 
+from imgclf.artifacts.layout import MANIFEST_NAME
 from imgclf.errors import ImgclfError, MissingInputError
 
 FORMAT_VERSION = 1
 SHARD_BYTES = 100 * 2**20  # about 100 MB a shard
 SUBSETS = ("train", "val", "test")
-MANIFEST = "manifest.json"
+MANIFEST = MANIFEST_NAME
 RERUN = "rerun `dvc repro preprocess`"
 
 
@@ -159,7 +160,7 @@ class ShardWriter:
             if subset in self._subsets or any(s in self._subsets for s in SUBSETS[order + 1 :]):
                 raise ValueError(f"subset {subset} out of order: write them as {SUBSETS}")
             self._subset, self._written = subset, 0
-            self._subsets[subset] = {"shards": []}
+            self._subsets[subset] = {"files": []}
         if self._written + len(images) > self.counts[subset]:
             raise ValueError(f"more {subset} rows than the {self.counts[subset]} announced")
         self._labels[subset].append(np.asarray(labels, dtype=np.int64))
@@ -180,7 +181,7 @@ class ShardWriter:
                 self._close_shard()
 
     def _open_shard(self, subset: str) -> None:
-        index = len(self._subsets[subset]["shards"])
+        index = len(self._subsets[subset]["files"])
         rows = min(self.shard_rows, self.counts[subset] - self._written)
         name = f"{subset}-{index:05d}.npy"
         header = io.BytesIO()
@@ -196,7 +197,7 @@ class ShardWriter:
         self._file.write(header.getvalue())
         self._hash = hashlib.sha256(header.getvalue())
         self._entry = {"file": name, "rows": rows, "_filled": 0}
-        self._subsets[subset]["shards"].append(self._entry)
+        self._subsets[subset]["files"].append(self._entry)
 
     def _close_shard(self) -> None:
         assert self._entry is not None
@@ -238,7 +239,7 @@ class ShardWriter:
             manifest["subsets"][s] = {
                 "count": self.counts[s],
                 "labels": _file_entry(self.tmp / name, len(labels)),
-                "shards": self._subsets.get(s, {"shards": []})["shards"],
+                "files": self._subsets.get(s, {"files": []})["files"],
             }
         text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
         with (self.tmp / MANIFEST).open("w", encoding="utf-8") as f:
@@ -339,7 +340,7 @@ class ShardReader:
         for s in SUBSETS:
             entry = manifest["subsets"][s]
             self._subset_start[s] = starts[-1]
-            for shard in entry["shards"]:
+            for shard in entry["files"]:
                 path = self.root / shard["file"]
                 self._check_size(path, shard)
                 self._offsets.append(self._header(path, (shard["rows"], *self.image_shape)))
@@ -378,7 +379,7 @@ class ShardReader:
         """Check every file's sha256 against the manifest (reads every byte once)."""
         for s in SUBSETS:
             entry = self.manifest["subsets"][s]
-            for f in [*entry["shards"], entry["labels"]]:
+            for f in [*entry["files"], entry["labels"]]:
                 digest = hashlib.sha256()
                 with (self.root / f["file"]).open("rb") as fh:
                     while block := fh.read(1 << 22):
