@@ -113,16 +113,17 @@ def accuracy_rows(clone: Path, seeds: list[int]) -> list[dict[str, Any]]:
 
 
 def input_throughput(clone: Path, batch_size: int) -> tuple[float, float]:
-    """Images/s of one training epoch's input: cached tensors vs decode+resize per file."""
+    """Images/s of one training epoch's input: streamed shards vs decode+resize per file."""
     from imgclf.artifacts import PreprocessOutputs
     from imgclf.images import load_resized
     from imgclf.training import make_datasets
 
     pre = PreprocessOutputs.in_project(clone)
-    arrays = pre.load_dataset()
+    reader = pre.reader()
+    data = {s: reader.subset(s) for s in ("train", "val")}
     n_classes = len(pre.read_classes())
-    height, width = arrays["x_train"].shape[1:3]
-    train_ds, _ = make_datasets(arrays, n_classes, batch_size, seed=0)
+    height, width = reader.image_shape[:2]
+    train_ds, _ = make_datasets(data, n_classes, batch_size, seed=0)
     for _ in train_ds.take(1):  # build the pipeline before timing
         pass
     epochs, n = 3, 0
@@ -152,7 +153,7 @@ def predict_speed(clone: Path, env: dict[str, str]) -> tuple[dict[str, float], d
     from imgclf.predict import load_model
 
     export = ExportOutputs.in_project(clone).root
-    x = PreprocessOutputs.in_project(clone).load_dataset()["x_test"]
+    x = PreprocessOutputs.in_project(clone).reader().subset("test")
     batch: dict[str, float] = {}
     for fmt in ("onnx", "h5"):
         predictor = load_model(str(export), fmt).predictor

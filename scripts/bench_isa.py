@@ -101,10 +101,9 @@ def child_kernels(preprocess: Path) -> None:
 
     cfg = compose_config()
     pre = PreprocessOutputs(preprocess)
-    arrays = pre.load_dataset()
-    arrays = {**arrays, "x_train": arrays["x_train"][:64], "y_train": arrays["y_train"][:64]}
-    arrays["x_val"], arrays["y_val"] = arrays["x_val"][:0], arrays["y_val"][:0]
-    model, train_ds, _ = prepare(cfg, arrays, len(pre.read_classes()))
+    train = pre.reader().subset("train")
+    data = {"train": train.take(range(min(64, train.n))), "val": train.take([])}
+    model, train_ds, _ = prepare(cfg, data, len(pre.read_classes()))
     model.fit(train_ds, epochs=1, verbose=0)
 
 

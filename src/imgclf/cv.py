@@ -1,6 +1,6 @@
 """Grouped k-fold cross-validation: folds that keep near-duplicate groups whole, and their summary.
 
-The pool is the preprocess stage's tensors (Training_data, or every labelled file with
+The pool is the preprocess stage's rows (Training_data, or every labelled file with
 ``cv.pool=all``). Near-duplicate groups are ingest's leakage rule applied across the whole pool:
 two files are one group when their difference hashes are within ``data.near_dup_distance`` or
 their bytes are identical, transitively, under ingest's cap of ``data.max_group_fraction`` of
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclf.artifacts import IngestOutputs, PreprocessOutputs
+from imgclf.artifacts import IngestOutputs, PreprocessOutputs, Rows
 from imgclf.data.groups import capped_groups, max_group_size
 from imgclf.data.neardup import content_ids, hex_hashes, near_pairs
 from imgclf.errors import MissingInputError
@@ -35,9 +35,9 @@ BOOTSTRAP_REPLICATES = 2000
 
 @dataclass(frozen=True)
 class Pool:
-    """Every file cross-validation draws from, in tensor order."""
+    """Every file cross-validation draws from, in shard order: rows to read, not images."""
 
-    x: np.ndarray
+    rows: Rows  # the pooled subsets' rows, one after the other (read on demand)
     y: np.ndarray
     groups: np.ndarray  # near-duplicate group id per file, across the whole pool
     paths: list[str]
@@ -46,20 +46,21 @@ class Pool:
 def load_pool(
     preprocess: Path, pool: str, near_dup_distance: int, max_group_fraction: float
 ) -> Pool:
-    """The pooled tensors of ``preprocess`` and their groups (from ingest's index beside it).
+    """The pooled rows of ``preprocess`` (no image read) and their groups (from ingest's index
+    beside it).
 
     Raises:
         MissingInputError: the preprocess or ingest outputs are missing.
     """
     pre = PreprocessOutputs(preprocess)
     ingest = IngestOutputs(preprocess.parent / IngestOutputs.STAGE)
-    for need in (pre.dataset, pre.split, ingest.index):
+    for need in (pre.manifest, pre.split, ingest.index):
         if not need.is_file():
             raise MissingInputError(
                 f"{need} not found: cross-validation pools the ingest and preprocess stages' "
                 "outputs; run `dvc pull data.dvc && dvc repro preprocess` first"
             )
-    arrays = pre.load_dataset()
+    pooled = pre.reader().pool(SUBSETS[pool])
     subsets = SUBSETS[pool]
     rows = [r for s in subsets for r in pre.read_split(s)]
     by_path = {r["path"]: r for r in ingest.read_index()}
@@ -71,8 +72,8 @@ def load_pool(
     )
     cap = max_group_size(len(rows), max_group_fraction)
     return Pool(
-        x=np.concatenate([arrays[f"x_{s}"] for s in subsets]),
-        y=np.concatenate([arrays[f"y_{s}"] for s in subsets]),
+        rows=pooled,
+        y=pooled.labels,
         groups=capped_groups(len(rows), pairs, cap, paths).labels(),
         paths=paths,
     )
@@ -98,14 +99,15 @@ def grouped_folds(
     return [(np.sort(a), np.sort(b)) for a, b in splitter.split(np.zeros((len(y), 1)), y, groups)]
 
 
-def fold_arrays(
+def fold_rows(
     pool: Pool, fold: tuple[np.ndarray, np.ndarray], *, refit: bool, val_fraction: float, seed: int
-) -> dict[str, np.ndarray]:
-    """The recipe's view of one fold, shaped like the preprocess stage's tensors.
+) -> dict[str, Rows]:
+    """The recipe's view of one fold, shaped like the preprocess stage's subsets: index sets
+    into the pool (``train``, ``val``, ``test``), no image copied.
 
     The fold's training part is what the recipe trains on. With ``refit`` it trains on all of it
     for every epoch; without, a grouped inner validation split (``val_fraction`` of it, as
-    preprocess makes one) drives early stopping. The held-out part is ``x_test``: no choice is
+    preprocess makes one) drives early stopping. The held-out part is ``test``: no choice is
     ever made on it.
     """
     train, held = fold
@@ -116,12 +118,9 @@ def fold_arrays(
         inner_fit, inner_val = grouped_folds(pool.y[train], pool.groups[train], k, seed)[0]
         fit_idx, val_idx = train[inner_fit], train[inner_val]
     return {
-        "x_train": pool.x[fit_idx],
-        "y_train": pool.y[fit_idx],
-        "x_val": pool.x[val_idx],
-        "y_val": pool.y[val_idx],
-        "x_test": pool.x[held],
-        "y_test": pool.y[held],
+        "train": pool.rows.take(fit_idx),
+        "val": pool.rows.take(val_idx),
+        "test": pool.rows.take(held),
     }
 
 

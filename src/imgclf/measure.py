@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import registry
-from imgclf.artifacts import PreprocessOutputs
+from imgclf.artifacts import PreprocessOutputs, Rows
 from imgclf.config import Config
 from imgclf.errors import MissingInputError
 from imgclf.images import ImageRejected, load_resized
@@ -66,7 +66,7 @@ def measure(
     info: VersionInfo,
     cfg: Config,
     *,
-    x: np.ndarray,
+    x: np.ndarray | Rows,
     y: np.ndarray,
     leak: np.ndarray,
     classes: list[str],
@@ -75,7 +75,8 @@ def measure(
 ) -> Measured:
     """Evaluate one version's ``promote.format`` file on the test set.
 
-    ``x`` holds the test tensors made with ``fit``; a version that takes another input size or
+    ``x`` holds the test images made with ``fit`` (an array, or the reader's rows, read a batch
+    at a time); a version that takes another input size or
     ``data.fit`` is measured on ``prepare(height, width, its_fit)`` instead (the same files,
     same order), or gets a ``problem`` when there is no ``prepare`` or it fails.
     """

@@ -15,7 +15,7 @@ from __future__ import annotations
 import atexit
 import functools
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +82,26 @@ def map_files(fn: Callable[[Path], T], paths: Sequence[Path], engine: Engine) ->
     # pure=False: a rerun on a cluster that still holds old results recomputes them
     futures = client.map(functools.partial(_apply, fn), chunks, pure=False)
     return [result for chunk in client.gather(futures) for result in chunk]
+
+
+def map_files_in_chunks(
+    fn: Callable[[Path], T], paths: Sequence[Path], chunk_size: int, engine: Engine
+) -> Iterator[list[T]]:
+    """:func:`map_files` over ``paths`` ``chunk_size`` at a time, yielding each chunk's results
+    in order: one pool (or client) for all chunks, at most one chunk's results held here."""
+    chunks = (paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size))
+    if engine.name != "local":
+        for chunk in chunks:
+            yield map_files(fn, chunk, engine)
+        return
+    n = min(worker_count(engine.workers), max(1, len(paths)))
+    if n == 1 or len(paths) < 16:
+        for chunk in chunks:
+            yield [fn(x) for x in chunk]
+        return
+    with ProcessPoolExecutor(max_workers=n) as pool:
+        for chunk in chunks:
+            yield list(pool.map(fn, chunk, chunksize=max(1, len(chunk) // (n * 8))))
 
 
 def _apply(fn: Callable[[Path], T], chunk: list[Path]) -> list[T]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -120,7 +121,7 @@ def image_sizes(sizes: Mapping[str, Sequence[tuple[int, int]]], path: Path) -> N
 
 
 def misclassified(
-    images: np.ndarray,
+    images: Any,
     y_true: np.ndarray,
     y_pred: np.ndarray,
     confidence: np.ndarray,
@@ -128,7 +129,10 @@ def misclassified(
     path: Path,
     limit: int = 24,
 ) -> None:
-    """The test images the model got wrong (most confident mistakes first), or a note if none."""
+    """The test images the model got wrong (most confident mistakes first), or a note if none.
+
+    ``images`` is indexed by row (an array, or the reader's rows: only the shown ones are read).
+    """
     wrong = [int(i) for i in np.flatnonzero(y_true != y_pred)]
     wrong.sort(key=lambda i: -float(confidence[i]))
     wrong = wrong[:limit]

@@ -156,8 +156,8 @@ def run(
         )
 
     pre = PreprocessOutputs(preprocess_dir)
-    arrays = pre.load_dataset()
-    x, y = arrays["x_test"], arrays["y_test"]
+    x = pre.reader().subset("test")  # read batch by batch as measure() predicts
+    y = x.labels
     if len(y) == 0:
         raise PromotionError(f"{preprocess_dir}: the test set is empty")
     kw: dict[str, Any] = {

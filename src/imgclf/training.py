@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import console, tracking
+from imgclf.artifacts import Rows, concat
 from imgclf.config import Config, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -45,42 +46,56 @@ def configure_tensorflow(threads: int) -> None:
 
 
 def make_datasets(
-    arrays: dict[str, np.ndarray], n_classes: int, batch_size: int, seed: int
+    data: Mapping[str, Rows], n_classes: int, batch_size: int, seed: int
 ) -> tuple[Any, Any | None]:
-    """tf.data pipelines over the in-memory tensors: shuffled train, ordered val, prefetched.
+    """tf.data pipelines streaming ``data``'s rows: shuffled train, ordered val, prefetched.
 
-    The validation pipeline is None when the validation split is empty (a refit).
+    The training pipeline shuffles row *indices* (8 bytes an image), batches them and reads
+    each batch's images through the reader. ``shuffle`` draws its permutation from the seed
+    and the buffer size alone, so these are the very batches, in the same order, that
+    ``from_tensor_slices((x, y)).shuffle(n, seed)`` gave over in-memory tensors
+    (tests/unit/test_training_data.py). The validation pipeline is None when the validation
+    split is empty (a refit).
     """
     import tensorflow as tf
 
-    def one_hot(y: np.ndarray) -> np.ndarray:
-        return np.eye(n_classes, dtype=np.float32)[y]
-
-    train = (
-        tf.data.Dataset.from_tensor_slices((arrays["x_train"], one_hot(arrays["y_train"])))
-        .shuffle(len(arrays["y_train"]), seed=seed, reshuffle_each_iteration=True)
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
+    train, val = data["train"], data["val"]
+    order = tf.data.Dataset.range(train.n).shuffle(
+        train.n, seed=seed, reshuffle_each_iteration=True
     )
-    if len(arrays["y_val"]) == 0:
-        return train, None
-    val = (
-        tf.data.Dataset.from_tensor_slices((arrays["x_val"], one_hot(arrays["y_val"])))
-        .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
+    train_ds = _read_batches(order.batch(batch_size), train, n_classes)
+    if val.n == 0:
+        return train_ds, None
+    return train_ds, _read_batches(tf.data.Dataset.range(val.n).batch(batch_size), val, n_classes)
+
+
+def _read_batches(indices: Any, rows: Rows, n_classes: int) -> Any:
+    """Map each batch of row indices to (uint8 images, one-hot float32 labels), prefetched."""
+    import tensorflow as tf
+
+    eye = np.eye(n_classes, dtype=np.float32)
+
+    def read(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return rows.rows(idx), eye[rows.labels[idx]]
+
+    def mapped(idx: Any) -> tuple[Any, Any]:
+        # Stateless: the same indices always give the same rows, so a parallel map whose
+        # output order is kept (deterministic=True) gives exactly the sequential batches.
+        x, y = tf.numpy_function(read, [idx], (tf.uint8, tf.float32), stateful=False)
+        x.set_shape((None, *rows.image_shape))
+        y.set_shape((None, n_classes))
+        return x, y
+
+    return indices.map(mapped, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+        tf.data.AUTOTUNE
     )
-    return train, val
 
 
-def refit_arrays(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The train and validation splits as one training set (validation left empty)."""
-    return {
-        **arrays,
-        "x_train": np.concatenate([arrays["x_train"], arrays["x_val"]]),
-        "y_train": np.concatenate([arrays["y_train"], arrays["y_val"]]),
-        "x_val": arrays["x_val"][:0],
-        "y_val": arrays["y_val"][:0],
-    }
+def refit_rows(data: Mapping[str, Rows]) -> dict[str, Rows]:
+    """The train and validation splits as one training set, train rows then validation rows
+    (validation left empty)."""
+    train, val = data["train"], data["val"]
+    return {**data, "train": concat([train, val]), "val": val.take([])}
 
 
 def kept_metrics(history: dict[str, list[float]], epoch_index: int) -> dict[str, float]:
@@ -94,9 +109,7 @@ def kept_metrics(history: dict[str, list[float]], epoch_index: int) -> dict[str,
     return {f"train_{k}": history[k][epoch_index] for k in ("accuracy", "loss")}
 
 
-def prepare(
-    cfg: Config, arrays: dict[str, np.ndarray], n_classes: int
-) -> tuple[Any, Any, Any | None]:
+def prepare(cfg: Config, data: Mapping[str, Rows], n_classes: int) -> tuple[Any, Any, Any | None]:
     """Set TensorFlow's threads, seed Keras, then build the pipelines and the compiled model.
 
     The one setup before :func:`fit`, shared by the train stage and the sweep jobs: seeding
@@ -116,10 +129,11 @@ def prepare(
 
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.train.seed)
-    train_ds, val_ds = make_datasets(arrays, n_classes, cfg.train.batch_size, cfg.train.seed)
-    input_shape = tuple(arrays["x_train"].shape[1:])
+    train_ds, val_ds = make_datasets(data, n_classes, cfg.train.batch_size, cfg.train.seed)
+    height, width, channels = data["train"].image_shape
+    input_shape = (height, width, channels)
     model = build_model(cfg.model, input_shape, n_classes, augment=cfg.augment, seed=cfg.train.seed)
-    steps_per_epoch = math.ceil(len(arrays["y_train"]) / cfg.train.batch_size)
+    steps_per_epoch = math.ceil(data["train"].n / cfg.train.batch_size)
     compile_model(model, cfg.optimizer, cfg.train, steps_per_epoch)
     return model, train_ds, val_ds
 

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 
 from imgclf import cli, resume, tracking
 from imgclf import model as model_module
-from imgclf.artifacts import save_dataset
+from imgclf.artifacts import PreprocessOutputs
 from imgclf.fileio import write_json
 from imgclf.stages import train
 from tests.conftest import REPO_ROOT, TINY_CLASSES, draw_class_image, tiny_config, write_params
@@ -39,7 +39,7 @@ N_TRAIN = 192  # 12 steps per epoch
 
 
 def _write_tensors(folder: Path, n_train: int = N_TRAIN, n_val: int = 48) -> Path:
-    """What preprocess would write: seeded class images as cached tensors."""
+    """What preprocess would write: seeded class images as shards."""
     rng = np.random.default_rng(1)
 
     def split(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,16 +48,9 @@ def _write_tensors(folder: Path, n_train: int = N_TRAIN, n_val: int = 48) -> Pat
 
     x_train, y_train = split(n_train)
     x_val, y_val = split(n_val)
-    save_dataset(
-        folder / "dataset.npz",
-        {
-            "x_train": x_train,
-            "y_train": y_train,
-            "x_val": x_val,
-            "y_val": y_val,
-            "x_test": x_val[:6],
-            "y_test": y_val[:6],
-        },
+    PreprocessOutputs(folder).write_arrays(
+        {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_val[:6], y_val[:6])},
+        list(TINY_CLASSES),
     )
     write_json(folder / "classes.json", list(TINY_CLASSES))
     return folder

@@ -69,12 +69,17 @@ def test_ingest_indexes_every_file(pipeline):
     assert "ingest/dataset_card.html" in names  # figures inlined: MLflow renders it
 
 
-def test_preprocess_caches_tensors_and_plots(pipeline):
+def test_preprocess_writes_shards_and_plots(pipeline):
     art = pipeline["art"] / "preprocess"
-    arrays = artifacts.load_dataset(art / "dataset.npz")
-    assert arrays["x_train"].shape[1:] == (32, 48, 3) and arrays["x_train"].dtype == np.uint8
-    assert len(arrays["y_train"]) + len(arrays["y_val"]) == 48 and len(arrays["y_test"]) == 18
-    assert all(3 <= c <= 6 for c in np.bincount(arrays["y_val"], minlength=3))  # ~val_fraction
+    reader = artifacts.PreprocessOutputs(art).reader()
+    reader.verify()  # every file's sha256 matches the manifest
+    assert reader.image_shape == (32, 48, 3) and reader.subset("train")[:2].dtype == np.uint8
+    counts = reader.counts
+    assert counts["train"] + counts["val"] == 48 and counts["test"] == 18
+    val = reader.subset("val").labels
+    assert all(3 <= c <= 6 for c in np.bincount(val, minlength=3))  # ~val_fraction
+    spec = {"image_height": 32, "image_width": 48, "fit": pipeline["cfg"].data.fit}
+    assert reader.params == spec  # the params that made the shards
     # The near-duplicate group sits wholly on one side of the train/val split.
     with (art / "split.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -191,7 +196,7 @@ def test_registered_version_holds_an_h5_that_predicts(pipeline, tmp_path):
     assert (local / "formats" / "model.onnx").is_file()
     assert (local / "formats" / "saved_model" / "saved_model.pb").is_file()
     model = keras.models.load_model(local / "formats" / "model.h5", compile=False)
-    x = artifacts.load_dataset(pipeline["art"] / "preprocess" / "dataset.npz")["x_test"]
+    x = artifacts.PreprocessOutputs(pipeline["art"] / "preprocess").reader().subset("test")[:]
     probs = model.predict(x, verbose=0)
     assert probs.shape == (18, 3)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

@@ -188,7 +188,7 @@ def test_every_format_predicts_the_same_through_predict(reg, capsys):
     assert load_model(str(reg["art"] / "export")).format == "onnx"
     # The registry's copy of each format gives the same answers as the export folder's.
     onnx = load_model(f"models:/{NAME}/2", "onnx")
-    x = artifacts.load_dataset(reg["art"] / "preprocess" / "dataset.npz")["x_test"]
+    x = artifacts.PreprocessOutputs(reg["art"] / "preprocess").reader().subset("test")[:]
     np.testing.assert_allclose(
         onnx.predictor.predict(x),
         load_model(f"models:/{NAME}/2", "tflite").predictor.predict(x),
@@ -419,7 +419,7 @@ def test_server_follows_the_champion_without_a_restart(reg):
     assert served["classes"] == list(TINY_CLASSES)
     unmoved = asyncio.run(holder.reload("poll", only_if_moved=True))
     assert unmoved["reloaded"] is False and holder.describe()["version"] == "2"
-    x = artifacts.load_dataset(reg["art"] / "preprocess" / "dataset.npz")["x_test"][:6]
+    x = artifacts.PreprocessOutputs(reg["art"] / "preprocess").reader().subset("test")[:6]
     tracking.set_alias(NAME, "champion", "1")
     try:
         moved = asyncio.run(holder.reload("poll", only_if_moved=True))
@@ -486,15 +486,15 @@ def test_promote_measures_a_version_on_the_test_files_prepared_its_way(reg, tmp_
 
     info = tracking.get_version(NAME, version="2")
     pre = reg["art"] / "preprocess"
-    x = artifacts.load_dataset(pre / "dataset.npz")
-    kw = {"y": x["y_test"], "leak": np.zeros(len(x["y_test"]), bool), "classes": list(TINY_CLASSES)}
+    test = artifacts.PreprocessOutputs(pre).reader().subset("test")
+    kw = {"y": test.labels, "leak": np.zeros(test.n, bool), "classes": list(TINY_CLASSES)}
     fit = reg["cfg"].data.fit
-    same = measure(info, reg["cfg"], x=x["x_test"], **kw, fit=fit)
+    same = measure(info, reg["cfg"], x=test, **kw, fit=fit)  # read batch by batch
     assert same.problem == "" and same.prepared == "" and same.metrics["accuracy"] >= 0.85
 
     prepare = test_file_preparer(pre, reg["data"])
     # the files prepared as preprocess did are the cached test tensors, byte for byte
-    assert np.array_equal(prepare(32, 48, fit), x["x_test"])
+    assert np.array_equal(prepare(32, 48, fit), test[:])
     # tensors made with another fit (and size): the version is measured on its own preparation
     other = "stretch" if fit != "stretch" else "crop"
     x_other = prepare(24, 36, other)

@@ -20,7 +20,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from imgclf import tracking
-from imgclf.artifacts import save_dataset
+from imgclf.artifacts import PreprocessOutputs
 from imgclf.fileio import write_json
 from imgclf.stages import train
 from tests.conftest import REPO_ROOT, TINY_CLASSES, draw_class_image, tiny_config
@@ -38,12 +38,12 @@ START_TIMEOUT_S = 300  # three TensorFlow processes starting at once on two busy
 
 
 def _write_tensors(folder: Path, n: int = 24) -> Path:
-    """What preprocess writes for the jobs: seeded class images as cached train/val tensors."""
+    """What preprocess writes for the jobs: seeded class images as shards."""
     rng = np.random.default_rng(2)
     y = np.arange(n) % len(TINY_CLASSES)
     x = np.stack([draw_class_image(int(k), rng, 32, 48) for k in y])
-    arrays = {"x_train": x, "y_train": y, "x_val": x[:9], "y_val": y[:9]}
-    save_dataset(folder / "dataset.npz", {**arrays, "x_test": x[:3], "y_test": y[:3]})
+    subsets = {"train": (x, y), "val": (x[:9], y[:9]), "test": (x[:3], y[:3])}
+    PreprocessOutputs(folder).write_arrays(subsets, list(TINY_CLASSES))
     write_json(folder / "classes.json", list(TINY_CLASSES))
     return folder
 

@@ -56,9 +56,11 @@ def edge_configs() -> list[list[str]]:
 
 
 CHILD = """
-import json, sys, time
+import json, sys, tempfile, time
 from dataclasses import asdict, replace
+from pathlib import Path
 import numpy as np
+from imgclf.artifacts import PreprocessOutputs
 from imgclf.compose import compose_config
 from imgclf.training import prepare
 seen = set()
@@ -74,13 +76,11 @@ for overrides in json.loads(sys.argv[1]):
     print("start", *overrides, flush=True)
     h, w = cfg.data.image_height, cfg.data.image_width
     rng = np.random.default_rng(0)
-    arrays = {
-        "x_train": rng.integers(0, 255, (8, h, w, 3), dtype=np.uint8),
-        "y_train": np.arange(8) % 3,
-        "x_val": np.zeros((0, h, w, 3), np.uint8),
-        "y_val": np.zeros(0, np.int64),
-    }
-    model, train_ds, _ = prepare(cfg, arrays, 3)  # one step: forward and backward
+    x = rng.integers(0, 255, (8, h, w, 3), dtype=np.uint8)
+    pre = PreprocessOutputs(Path(tempfile.mkdtemp()))
+    pre.write_arrays({"train": (x, np.arange(8) % 3)}, ["a", "b", "c"])
+    train = pre.reader().subset("train")
+    model, train_ds, _ = prepare(cfg, {"train": train, "val": train.take([])}, 3)  # one step
     loss = model.fit(train_ds, epochs=1, verbose=0).history["loss"][0]
     assert np.isfinite(loss), overrides
     print("ok", *overrides, f"{time.perf_counter() - t:.1f}s", flush=True)

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
 from imgclf import cv
+from imgclf.artifacts import PreprocessOutputs
 from imgclf.config import ConfigError
 from imgclf.sweeps.crossval import check_pool
 from tests.conftest import tiny_config
@@ -39,15 +40,27 @@ def test_folds_cover_every_file_once_and_never_split_a_group():
         assert set(y[test]) == {0, 1, 2}  # stratified: every class in every fold
 
 
-def test_fold_arrays_keep_the_held_out_part_out_of_training_and_early_stopping():
+def test_fold_rows_keep_the_held_out_part_out_of_training_and_early_stopping(tmp_path):
     y, groups = _labels_and_groups()
-    x = np.arange(len(y))[:, None]  # each "image" is its own index
-    pool = cv.Pool(x=x, y=y, groups=groups, paths=[str(i) for i in range(len(y))])
+    x = np.zeros((len(y), 1, 1, 3), np.uint8)
+    x[:, 0, 0, 0], x[:, 0, 0, 1] = np.arange(len(y)) % 256, np.arange(len(y)) // 256
+    pre = PreprocessOutputs(tmp_path)  # each "image" spells its own index
+    h = len(y) // 2  # the pool spans two subsets
+    pre.write_arrays({"train": (x[:h], y[:h]), "val": (x[h:], y[h:])}, CLASSES)
+    rows = pre.reader().pool(["train", "val"])
+    pool = cv.Pool(rows=rows, y=y, groups=groups, paths=[str(i) for i in range(len(y))])
     fold = cv.grouped_folds(y, groups, 5, seed=1)[0]
-    refit = cv.fold_arrays(pool, fold, refit=True, val_fraction=0.2, seed=0)
-    assert len(refit["y_val"]) == 0 and sorted(refit["x_train"][:, 0]) == list(fold[0])
-    inner = cv.fold_arrays(pool, fold, refit=False, val_fraction=0.2, seed=0)
-    fit_ids, val_ids, test_ids = (set(inner[k][:, 0]) for k in ("x_train", "x_val", "x_test"))
+
+    def ids(r):
+        image = r.rows(np.arange(r.n)).astype(int)  # read through the shards
+        got = image[:, 0, 0, 0] + 256 * image[:, 0, 0, 1]
+        assert np.array_equal(r.labels, y[got])
+        return got
+
+    refit = cv.fold_rows(pool, fold, refit=True, val_fraction=0.2, seed=0)
+    assert refit["val"].n == 0 and sorted(ids(refit["train"])) == list(fold[0])
+    inner = cv.fold_rows(pool, fold, refit=False, val_fraction=0.2, seed=0)
+    fit_ids, val_ids, test_ids = (set(ids(inner[k])) for k in ("train", "val", "test"))
     assert fit_ids | val_ids == set(fold[0]) and test_ids == set(fold[1])
     assert not set(groups[list(fit_ids)]) & set(groups[list(val_ids)])
 

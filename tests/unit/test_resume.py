@@ -28,7 +28,7 @@ def test_the_signature_is_the_structure_not_the_names() -> None:
 
 
 def test_the_resume_key_follows_the_network(tmp_path: Path) -> None:
-    data = tmp_path / "dataset.npz"
+    data = tmp_path / "manifest.json"
     data.write_bytes(b"arrays")
     key = resume.resume_key({"epochs": 3}, [data], _net(3))
     assert key == resume.resume_key({"epochs": 3}, [data], _net(3))

@@ -1,6 +1,6 @@
 """The two building blocks of every output folder: :class:`Outputs` (a folder) and :class:`File`.
 
-On an instance an attribute is a path (``PreprocessOutputs(root).dataset``); on the class it is
+On an instance an attribute is a path (``PreprocessOutputs(root).shards``); on the class it is
 the file's entry, whose ``.name`` is the file name.
 """
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import ClassVar, Self, overload
 
 ARTIFACTS_DIR = "artifacts"  # the project's stage outputs: artifacts/<stage>/
+MANIFEST_NAME = "manifest.json"  # a model folder's file hashes, and a shard folder's manifest
 
 
 class File:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from imgclf.artifacts.layout import File, Outputs
+from imgclf.artifacts.layout import MANIFEST_NAME, File, Outputs
 from imgclf.config import FITS, FORMAT_NAMES
 from imgclf.fileio import read_json, write_json
 
@@ -61,7 +61,7 @@ class ModelFolder(ModelDescription):
     """An exported model's files: every valid format (:data:`FORMAT_FILES`), the class names, the
     input spec, the parity check's results and the manifest (the sha256 of every file)."""
 
-    manifest = File("manifest.json")
+    manifest = File(MANIFEST_NAME)
     parity = File("parity.json")  # per-format parity with the Keras model
 
     def read_manifest(self) -> dict[str, str] | None:

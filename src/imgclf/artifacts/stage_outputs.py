@@ -1,11 +1,11 @@
-"""One class per stage's output folder (``artifacts/<stage>/``, as dvc.yaml), and the cached
-tensors' and predictions' file formats.
+"""One class per stage's output folder (``artifacts/<stage>/``, as dvc.yaml), and the
+predictions' file format (the decoded images' shard format is :mod:`.shards`).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ import numpy as np
 
 from imgclf.artifacts.layout import File, Outputs
 from imgclf.artifacts.model_folder import FORMAT_FILES, ModelDescription, ModelFolder
+from imgclf.artifacts.shards import MANIFEST, ShardReader, ShardWriter, write_subsets
 from imgclf.fileio import atomic_path, read_json, write_csv, write_json
 
 
@@ -53,17 +54,42 @@ class IngestOutputs(_Figures):
 
 class PreprocessOutputs(ModelDescription, _Figures):
     STAGE = "preprocess"
-    dataset = File("dataset.npz")  # x_/y_ train, val, test: uint8 RGB and int labels
+    shards = File("shards")  # the decoded images and labels per subset (artifacts/shards.py)
     split = File("split.csv")  # each file's subset, near-duplicate group and leak flag
     counts = File("counts.json")
 
     SPLIT_FIELDS = ("path", "class", "subset", "group", "leak")
 
-    def save_dataset(self, arrays: dict[str, np.ndarray]) -> None:
-        save_dataset(self.dataset, arrays)
+    @property
+    def manifest(self) -> Path:
+        """The shard folder's manifest: counts, shape, classes, params and each file's sha256."""
+        return self.shards / MANIFEST
 
-    def load_dataset(self) -> dict[str, np.ndarray]:
-        return load_dataset(self.dataset)
+    def shard_writer(
+        self,
+        *,
+        image_shape: Sequence[int],
+        counts: Mapping[str, int],
+        classes: Sequence[str],
+        params: Mapping[str, Any],
+    ) -> ShardWriter:
+        """A writer whose folder replaces :attr:`shards` when it closes cleanly."""
+        return ShardWriter(
+            self.shards, image_shape=image_shape, counts=counts, classes=classes, params=params
+        )
+
+    def write_arrays(
+        self,
+        subsets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+        classes: Sequence[str],
+        params: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Write in-memory ``{subset: (images, labels)}`` as the shards (small data: tests)."""
+        write_subsets(self.shards, subsets, classes=classes, params=params or {})
+
+    def reader(self) -> ShardReader:
+        """The one reader of the decoded images: every consumer gets its rows from it."""
+        return ShardReader(self.shards)
 
     def write_split(self, subsets: Mapping[str, list[dict[str, str]]]) -> None:
         """``subsets``' rows (ingest's index rows), subset by subset in tensor order."""
@@ -88,18 +114,6 @@ class PreprocessOutputs(ModelDescription, _Figures):
 
     def write_counts(self, per_subset: dict[str, dict[str, int]]) -> None:
         write_json(self.counts, per_subset)
-
-
-def save_dataset(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write the cached tensors atomically (uncompressed: loading is a memcpy)."""
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        np.savez(f, **arrays)  # type: ignore[arg-type]
-
-
-def load_dataset(path: Path) -> dict[str, np.ndarray]:
-    """Load the cached tensors written by :func:`save_dataset`."""
-    with np.load(path) as npz:
-        return {k: npz[k] for k in npz.files}
 
 
 class TrainOutputs(Outputs):

@@ -46,16 +46,17 @@ class EvaluateResult:
 
 
 def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) -> EvaluateResult:
-    """Evaluate ``train_dir``'s model on ``preprocess_dir``'s test tensors."""
+    """Evaluate ``train_dir``'s model on ``preprocess_dir``'s test rows, read batch by batch."""
     pre, trained = PreprocessOutputs(preprocess_dir), TrainOutputs(train_dir)
     out = EvaluateOutputs(out_dir)
-    arrays = pre.load_dataset()
+    test = pre.reader().subset("test")
     classes = pre.read_classes()
-    x_test, y_test = arrays["x_test"], arrays["y_test"]
+    y_test = test.labels
     if len(y_test) == 0:
         raise ValueError(f"{preprocess_dir}: the test set is empty")
     model = trained.load_model()
-    probs = model.predict(x_test, batch_size=cfg.evaluate.batch_size, verbose=0)
+    # Keras takes a generator of (inputs,) tuples: the same batches model.predict(x) makes.
+    probs = model.predict(((b,) for b in test.batches(cfg.evaluate.batch_size)), verbose=0)
     y_pred = probs.argmax(axis=1)
     leak = pre.read_leak_flags(len(y_test))
     metrics = score(y_test, y_pred, leak, classes)
@@ -100,7 +101,7 @@ def run(cfg: Config, *, preprocess_dir: Path, train_dir: Path, out_dir: Path) ->
             tracking.log_artifact(path, None if path in figures else "evaluate")
         with tempfile.TemporaryDirectory() as tmp:  # MLflow only: no DVC output to keep
             gallery = Path(tmp) / MISCLASSIFIED_PNG
-            plots.misclassified(x_test, y_test, y_pred, top, classes, gallery)
+            plots.misclassified(test, y_test, y_pred, top, classes, gallery)
             tracking.log_artifact(gallery, None)
     log.info(
         "evaluate: accuracy %.4f, macro F1 %.4f on %d test images; leak-free accuracy %s on %d",

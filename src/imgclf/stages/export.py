@@ -219,9 +219,9 @@ def _register(
             f"but the model takes {model.input_shape[1]}x{model.input_shape[2]}: "
             "run `dvc repro` so preprocess and train agree"
         )
-    arrays = pre.load_dataset()
-    pool = arrays["x_test"] if len(arrays["x_test"]) else arrays["x_train"]
-    images = pool[: cfg.export.parity_samples]
+    reader = pre.reader()
+    pool = reader.subset("test") if reader.counts["test"] else reader.subset("train")
+    images = pool[: cfg.export.parity_samples]  # the first few rows only
     if not np.allclose(
         model.predict(images, verbose=0), trained.predict(images, verbose=0), atol=1e-5
     ):

@@ -1,11 +1,13 @@
-"""preprocess: resize every accepted image to the model size, split, and cache the tensors.
+"""preprocess: resize every accepted image to the model size, split, and write them as shards.
 
 Training_data is split (stratified, seeded, near-duplicate groups kept on one side) into train
 and validation; Testing_Data is the test set. All images are decoded here once, so no training
-epoch decodes a JPEG.
+epoch decodes a JPEG. Images are decoded a bounded chunk at a time and streamed into
+fixed-size shards (:mod:`imgclf.artifacts.shards`), so memory does not grow with the dataset.
 
-Outputs: :class:`imgclf.artifacts.PreprocessOutputs` (the cached tensors, the class names, the
-input spec that predict applies, each file's subset and leak flag, per-class counts, figures).
+Outputs: :class:`imgclf.artifacts.PreprocessOutputs` (the shards with their manifest, the class
+names, the input spec that predict applies, each file's subset and leak flag, per-class counts,
+figures).
 """
 
 from __future__ import annotations
@@ -19,21 +21,23 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from imgclf import plots
-from imgclf.artifacts import IngestOutputs, PreprocessOutputs
+from imgclf.artifacts import IngestOutputs, PreprocessOutputs, rows_per_shard
 from imgclf.config import Config, DataConfig
 from imgclf.images import load_resized
-from imgclf.parallel import Engine, map_files
+from imgclf.parallel import Engine, map_files_in_chunks
 
 log = logging.getLogger(__name__)
 
 SUBSETS = ("train", "val", "test")
+CHUNK_ROWS = 1024  # images decoded per step: about 19 MB at 64x96, 150 MB at 224x224
+GRID_PER_CLASS = 6
 
 
 @dataclass
 class PreprocessResult:
     classes: list[str]
     counts: dict[str, int]
-    dataset_path: Path
+    shards_path: Path
 
 
 def split_train_val(
@@ -81,21 +85,25 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
         "test": test_rows,
     }
 
-    load = partial(load_resized, height=data.image_height, width=data.image_width, fit=data.fit)
-    ordered = [r for s in SUBSETS for r in subsets[s]]
-    images = map_files(load, [data_dir / r["path"] for r in ordered], Engine.of(data))
-    arrays: dict[str, np.ndarray] = {}
-    start = 0
-    for s in SUBSETS:
-        n = len(subsets[s])
-        shape = (n, data.image_height, data.image_width, 3)
-        arrays[f"x_{s}"] = np.stack(images[start : start + n]) if n else np.zeros(shape, np.uint8)
-        arrays[f"y_{s}"] = np.array([class_id[r["class"]] for r in subsets[s]], dtype=np.int64)
-        start += n
-
     out = PreprocessOutputs(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out.save_dataset(arrays)
+    shape = (data.image_height, data.image_width, 3)
+    counts = {s: len(subsets[s]) for s in SUBSETS}
+    load = partial(load_resized, height=data.image_height, width=data.image_width, fit=data.fit)
+    # Decoded a chunk at a time and appended to the current shard: memory holds one shard's
+    # write buffer and one chunk, at any dataset size.
+    chunk = min(CHUNK_ROWS, rows_per_shard(shape))
+    with out.shard_writer(
+        image_shape=shape, counts=counts, classes=classes, params=input_spec(data)
+    ) as writer:
+        for s in SUBSETS:
+            rows = subsets[s]
+            paths = [data_dir / r["path"] for r in rows]
+            labels = np.array([class_id[r["class"]] for r in rows], dtype=np.int64)
+            start = 0
+            for images in map_files_in_chunks(load, paths, chunk, Engine.of(data)):
+                writer.append(s, np.stack(images), labels[start : start + len(images)])
+                start += len(images)
     out.write_classes(classes)
     # How a file becomes an input tensor: export records it with the model, so predict and
     # serve prepare new images exactly as training saw them.
@@ -103,12 +111,24 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
     # Evaluate scores the test files without a twin in training (leak == 0) separately.
     out.write_split(subsets)
 
+    reader = out.reader()
+    train = reader.subset("train")
     per_class = {
-        s: {c: int((arrays[f"y_{s}"] == i).sum()) for i, c in enumerate(classes)} for s in SUBSETS
+        s: {c: int((reader.subset(s).labels == i).sum()) for i, c in enumerate(classes)}
+        for s in SUBSETS
     }
     out.write_counts(per_class)
     plots.class_counts(per_class, out.class_counts_png)
-    plots.sample_grid(arrays["x_train"], arrays["y_train"].tolist(), classes, out.sample_grid_png)
-    counts = {s: len(subsets[s]) for s in SUBSETS}
+    shown = np.concatenate(  # the grid's images only: the first few of each class
+        [np.flatnonzero(train.labels == i)[:GRID_PER_CLASS] for i in range(len(classes))]
+    ).astype(np.int64)
+    plots.sample_grid(
+        train.rows(shown),
+        train.labels[shown].tolist(),
+        classes,
+        out.sample_grid_png,
+        per_class=GRID_PER_CLASS,
+    )
+    reader.close()
     log.info("preprocess: %s at %dx%d", counts, data.image_height, data.image_width)
-    return PreprocessResult(classes, counts, out.dataset)
+    return PreprocessResult(classes, counts, out.shards)

@@ -1,4 +1,5 @@
-"""train: fit the CNN on the cached train split, early-stopping on validation; keep the best epoch.
+"""train: fit the CNN on the train split (streamed from the shards), early-stopping on validation;
+keep the best epoch.
 
 With ``train.refit: true`` it instead fits train + validation together for exactly
 ``train.epochs`` epochs and keeps the last one: the recipe, epoch count included, is chosen with
@@ -22,7 +23,7 @@ from typing import Any
 from imgclf import resume, tracking
 from imgclf.artifacts import PreprocessOutputs, TrainOutputs
 from imgclf.config import Config, flatten
-from imgclf.training import fit, kept_metrics, prepare, refit_arrays
+from imgclf.training import fit, kept_metrics, prepare, refit_rows
 
 log = logging.getLogger(__name__)
 
@@ -40,26 +41,27 @@ class TrainResult:
 
 
 def run(cfg: Config, *, in_dir: Path, out_dir: Path, callbacks: Sequence[Any] = ()) -> TrainResult:
-    """Train on ``in_dir``'s cached tensors and write the kept epoch's model into ``out_dir``.
+    """Train on ``in_dir``'s shards and write the kept epoch's model into ``out_dir``.
 
     Args:
         callbacks: extra Keras callbacks on the training loop, after the built-in ones
             (:func:`imgclf.training.fit`); tests inject faults through it.
     """
     pre, out = PreprocessOutputs(in_dir), TrainOutputs(out_dir)
-    arrays = pre.load_dataset()
+    reader = pre.reader()
+    data = {s: reader.subset(s) for s in ("train", "val")}
     classes = pre.read_classes()
-    if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
+    if data["train"].n == 0 or data["val"].n == 0:
         raise ValueError(f"{in_dir}: the train or validation split is empty")
     if cfg.train.refit:
-        arrays = refit_arrays(arrays)
-    model, train_ds, val_ds = prepare(cfg, arrays, len(classes))
+        data = refit_rows(data)
+    model, train_ds, val_ds = prepare(cfg, data, len(classes))
 
     out_dir.mkdir(parents=True, exist_ok=True)
     params = flatten(cfg, TRAIN_SECTIONS)
     ckpt = resume.Checkpointer(
         out_dir / resume.RESUME_DIRNAME,
-        resume.resume_key(params, [pre.dataset, pre.classes], model),
+        resume.resume_key(params, [pre.manifest, pre.classes], model),
     )
     with ckpt.locked():
         state = resume.restore(ckpt, model, cfg.mlflow.experiment_name)
@@ -90,8 +92,8 @@ def run(cfg: Config, *, in_dir: Path, out_dir: Path, callbacks: Sequence[Any] = 
                 "refit": cfg.train.refit,
                 "best_epoch": state.best_epoch,
                 "epochs_run": state.epochs_done,
-                "n_train": int(len(arrays["y_train"])),
-                "n_val": int(len(arrays["y_val"])),
+                "n_train": data["train"].n,
+                "n_val": data["val"].n,
                 **kept,
             }
             tracking.log_metrics(

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from imgclf import cv, tracking
-from imgclf.artifacts import CVOutputs, PreprocessOutputs
+from imgclf.artifacts import CVOutputs, PreprocessOutputs, Rows
 from imgclf.config import Config, ConfigError, flatten
 from imgclf.sweeps.isolate import call_in_child
 from imgclf.sweeps.job import CHILD_PRELOAD, JOB_SECTIONS, JobResult
@@ -111,7 +111,7 @@ def run_cv_job(
                 tags={FOLD_TAG: str(index + 1), SEED_TAG: str(seed), "stage": "cv-fold"},
                 active=False,
             ) as fold_run:
-                arrays = cv.fold_arrays(
+                data = cv.fold_rows(
                     pool,
                     splits[index],
                     refit=cfg.train.refit,
@@ -122,7 +122,7 @@ def run_cv_job(
                     call_in_child(
                         train_fold,
                         run_cfg,
-                        arrays,
+                        data,
                         splits[index][1],
                         len(classes),
                         fold_run,
@@ -239,15 +239,16 @@ def _summarize(
 
 def train_fold(
     cfg: Config,
-    arrays: dict[str, np.ndarray],
+    data: dict[str, Rows],
     held: np.ndarray,
     n_classes: int,
     run_id: str,
     holder: int,
     fold: int = 0,
 ) -> FoldResult:
-    """The fold's child process: train the recipe on ``arrays`` (:func:`imgclf.cv.fold_arrays`),
-    predict its held-out part (``x_test``: the pool's files ``held``)."""
+    """The fold's child process: train the recipe on ``data`` (:func:`imgclf.cv.fold_rows`: row
+    indices, which pickle small and read the shards here), predict its held-out part (``test``:
+    the pool's files ``held``)."""
     from imgclf.training import TrainingState, fit, prepare
 
     state = TrainingState()
@@ -255,17 +256,17 @@ def train_fold(
         tracking.set_tags({tracking.PID_TAG: str(holder)})
         tracking.log_params(flatten(cfg, (*JOB_SECTIONS, "cv")))
         started, cpu_started = time.perf_counter(), time.process_time()
-        model, train_ds, val_ds = prepare(cfg, arrays, n_classes)
+        model, train_ds, val_ds = prepare(cfg, data, n_classes)
         keeper = _best_weights(state)
         fit(model, train_ds, val_ds, cfg.train, state=state, callbacks=[keeper])
         if val_ds is not None and keeper.weights is not None:
             model.set_weights(keeper.weights)
         seconds = time.perf_counter() - started
         cpu_seconds = time.process_time() - cpu_started
-        proba = np.asarray(
-            model.predict(arrays["x_test"], batch_size=cfg.evaluate.batch_size, verbose=0)
-        )
-        accuracy = float((proba.argmax(axis=1) == arrays["y_test"]).mean())
+        test = data["test"]
+        batches = ((b,) for b in test.batches(cfg.evaluate.batch_size))
+        proba = np.asarray(model.predict(batches, verbose=0))
+        accuracy = float((proba.argmax(axis=1) == test.labels).mean())
         tracking.log_metrics(
             {
                 "fold_accuracy": accuracy,
@@ -273,9 +274,9 @@ def train_fold(
                 "train_cpu_seconds": round(cpu_seconds, 1),
                 "best_epoch": state.best_epoch,
                 "epochs_run": state.epochs_done,
-                "n_train": len(arrays["y_train"]),
-                "n_val": len(arrays["y_val"]),
-                "n_held_out": len(arrays["y_test"]),
+                "n_train": data["train"].n,
+                "n_val": data["val"].n,
+                "n_held_out": test.n,
             }
         )
     return FoldResult(

@@ -13,8 +13,7 @@ import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from imgclf import tracking
 from imgclf.config import Config, ConfigError, flatten
@@ -22,6 +21,9 @@ from imgclf.errors import MissingInputError
 from imgclf.lineage import project_root
 from imgclf.sweeps.isolate import NativeCrashError, call_in_child
 from imgclf.sweeps.trial import TrialLink
+
+if TYPE_CHECKING:
+    from imgclf.artifacts import Rows
 
 log = logging.getLogger(__name__)
 
@@ -77,44 +79,45 @@ def preprocess_dir() -> Path:
     return PreprocessOutputs.in_project(project_root()).root
 
 
-def load_arrays(cfg: Config, folder: Path) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The preprocess stage's cached train/val tensors (in the job's child process).
+def load_rows(cfg: Config, folder: Path) -> tuple[dict[str, Rows], list[str]]:
+    """The preprocess stage's train and validation rows (in the job's child process).
 
-    The test split is dropped here, so no job can score on it by mistake.
+    The test split is left out here, so no job can score on it by mistake.
 
     Raises:
-        FileNotFoundError: the cache is missing (names the command that makes it).
-        ConfigError: the cache holds another image size than this job asks for.
+        MissingInputError: the shards are missing (names the command that makes them).
+        ConfigError: the shards hold another image size or fit than this job asks for.
     """
     from imgclf.artifacts import PreprocessOutputs
 
     pre = PreprocessOutputs(folder)
-    npz = pre.dataset
-    if not npz.is_file():
+    shards = pre.shards
+    if not pre.manifest.is_file():
         raise MissingInputError(
-            f"{npz} not found: sweeps train on the preprocess stage's tensors; run "
+            f"{pre.manifest} not found: sweeps train on the preprocess stage's shards; run "
             "`dvc pull data.dvc && dvc repro preprocess` first (or set IMGCLF_PREPROCESS_DIR)"
         )
-    arrays = {k: v for k, v in pre.load_dataset().items() if not k.endswith("_test")}
+    reader = pre.reader()
+    data = {s: reader.subset(s) for s in ("train", "val")}
     classes = pre.read_classes()
-    size = tuple(arrays["x_train"].shape[1:3])
+    size = tuple(reader.image_shape[:2])
     wanted = (cfg.data.image_height, cfg.data.image_width)
     if size != wanted:
         raise ConfigError(
-            f"{npz} holds {size[0]}x{size[1]} images but this job asks for "
+            f"{shards} holds {size[0]}x{size[1]} images but this job asks for "
             f"data.image_height={wanted[0]} data.image_width={wanted[1]}: set those in conf/ "
             "and `dvc repro preprocess`, or do not sweep them"
         )
     fit = pre.read_fit()
     if fit != cfg.data.fit:
         raise ConfigError(
-            f"{npz} holds images fitted with data.fit={fit} but this job asks for "
+            f"{shards} holds images fitted with data.fit={fit} but this job asks for "
             f"data.fit={cfg.data.fit}: set it in conf/ and `dvc repro preprocess`, "
             "or do not sweep it"
         )
-    if len(arrays["y_train"]) == 0 or len(arrays["y_val"]) == 0:
-        raise ConfigError(f"{npz}: the train or validation split is empty")
-    return arrays, classes
+    if data["train"].n == 0 or data["val"].n == 0:
+        raise ConfigError(f"{shards}: the train or validation split is empty")
+    return data, classes
 
 
 # --- one job ----------------------------------------------------------------------------------
@@ -189,7 +192,7 @@ def run_job(
 def train_in_child(
     cfg: Config, preprocess: Path, run_id: str, link: TrialLink | None, holder: int
 ) -> JobResult:
-    """The child's part: load the tensors, train under the loop's callbacks, report, return.
+    """The child's part: open the shards, train under the loop's callbacks, report, return.
 
     No checkpoint: a killed trial is retried whole. Early stopping, the kept epoch and the
     per-epoch logging are the train stage's own (the loop's callbacks).
@@ -199,7 +202,7 @@ def train_in_child(
     from imgclf.sweeps.trial import pruning_callback
     from imgclf.training import TrainingState, fit, kept_metrics, prepare
 
-    arrays, classes = load_arrays(cfg, preprocess)
+    data, classes = load_rows(cfg, preprocess)
     trial = link.open() if link is not None else None
     pruner = None
     if trial is not None and link is not None and link.objective and link.pruner:
@@ -210,7 +213,7 @@ def train_in_child(
     with tracking.open_run(cfg.mlflow.experiment_name, "job", run_id=run_id):
         tracking.set_tags({tracking.PID_TAG: str(holder)})
         _test_segfault(link)
-        model, train_ds, val_ds = prepare(cfg, arrays, len(classes))
+        model, train_ds, val_ds = prepare(cfg, data, len(classes))
         n_params = int(model.count_params())
         fit(model, train_ds, val_ds, cfg.train, state=state, callbacks=[pruner] if pruner else [])
     kept = kept_metrics(state.history, state.best_epoch - 1)
