@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from imgclf.artifacts import IngestOutputs
+
 STEP = r"""
 import os, sys
 from pathlib import Path
@@ -102,7 +104,7 @@ def main() -> None:
     if not data.is_dir():
         write_jpegs(data, args.n)
     trees = dict(t.split("=", 1) for t in args.tree)
-    if not (args.work / "ingest" / "index.csv").is_file():
+    if not IngestOutputs(args.work / "ingest").index.is_file():
         (args.work / "ingest-run").mkdir(parents=True, exist_ok=True)
         run_step(
             str(Path(next(iter(trees.values()))).resolve()), "ingest", args.work / "ingest-run"
