@@ -74,6 +74,7 @@ TINY_OVERRIDE: dict[str, dict[str, Any]] = {
         "val_fraction": 0.25,
         "min_side": 8,
         "workers": 1,
+        "cache_dir": "",  # no decode cache in the working folder; test_decode_cache sets one
     },
     # Widths 8, 16: pinned, so the tests' 4-epoch fits do not follow the default's width
     "model": {"blocks": 2, "filters": 8, "filter_growth": 2.0, "dense_units": 16, "dropout": 0.1},

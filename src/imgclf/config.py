@@ -49,6 +49,7 @@ class DataConfig:
     workers: int
     engine: str  # where ingest and preprocess decode: local | dask (imgclf.parallel)
     dask_scheduler: str  # data.engine=dask: the scheduler's address; "" = a LocalCluster here
+    cache_dir: str  # preprocess's decoded-image cache by file content (imgclf.data.cache); ""=off
 
 
 @dataclass

@@ -18,6 +18,7 @@ import warnings
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -25,6 +26,9 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from imgclf.config import FITS  # how an image meets the model's aspect (data.fit)
 from imgclf.errors import ImgclfError
+
+if TYPE_CHECKING:
+    from imgclf.data.cache import DecodeCache
 
 # Reason codes, stable strings that reports and tests rely on.
 EMPTY_FILE = "empty_file"
@@ -262,10 +266,28 @@ def decode_resized(probe: Probe, height: int, width: int, fit: str = "stretch") 
 
 
 def load_resized(
-    path: Path | str, height: int, width: int, fit: str = "stretch", **kwargs: int
+    path: Path | str,
+    height: int,
+    width: int,
+    fit: str = "stretch",
+    cache: DecodeCache | None = None,
+    **kwargs: int,
 ) -> np.ndarray:
     """Decode ``path``, fit its aspect and resize it to the model's input size: the one path
-    from file to tensor for preprocess, predict and serve (``kwargs``: ``max_pixels``)."""
+    from file to tensor for preprocess, predict and serve (``kwargs``: ``max_pixels``).
+
+    With ``cache`` (preprocess), a file whose bytes were decoded before with the same spec is
+    read back instead of decoded (:mod:`imgclf.data.cache`).
+    """
     path = Path(path)
-    probe = probe_bytes(_read(path), str(path), draft_size=draft_size(height, width), **kwargs)
-    return decode_resized(probe, height, width, fit)
+    data = _read(path)
+    digest = hashlib.sha256(data).hexdigest() if cache is not None else ""
+    if cache is not None:
+        hit = cache.get(digest)
+        if hit is not None and hit.shape == (height, width, 3) and hit.dtype == np.uint8:
+            return hit
+    probe = probe_bytes(data, str(path), draft_size=draft_size(height, width), **kwargs)
+    tensor = decode_resized(probe, height, width, fit)
+    if cache is not None:
+        cache.put(digest, tensor)
+    return tensor

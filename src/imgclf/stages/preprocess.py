@@ -23,6 +23,8 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from imgclf import plots
 from imgclf.artifacts import IngestOutputs, PreprocessOutputs, rows_per_shard
 from imgclf.config import Config, DataConfig
+from imgclf.data.cache import DecodeCache
+from imgclf.images import __file__ as DECODER_SOURCE
 from imgclf.images import load_resized
 from imgclf.parallel import Engine, map_files_in_chunks
 
@@ -89,7 +91,11 @@ def run(cfg: Config, *, data_dir: Path, ingest_dir: Path, out_dir: Path) -> Prep
     out_dir.mkdir(parents=True, exist_ok=True)
     shape = (data.image_height, data.image_width, 3)
     counts = {s: len(subsets[s]) for s in SUBSETS}
-    load = partial(load_resized, height=data.image_height, width=data.image_width, fit=data.fit)
+    # A file decoded before with this spec (and this decoder) is read back, not decoded again.
+    cache = DecodeCache.at(data.cache_dir, input_spec(data), Path(DECODER_SOURCE).read_bytes())
+    load = partial(
+        load_resized, height=data.image_height, width=data.image_width, fit=data.fit, cache=cache
+    )
     # Decoded a chunk at a time and appended to the current shard: memory holds one shard's
     # write buffer and one chunk, at any dataset size.
     chunk = min(CHUNK_ROWS, rows_per_shard(shape))
