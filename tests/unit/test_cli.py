@@ -130,3 +130,37 @@ def test_jobs_started_side_by_side_get_their_own_hydra_folders(tmp_path):
         dirs.append(run_dir)
         assert re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", run_dir)
     assert dirs[0] != dirs[1]
+
+
+def test_running_out_of_memory_is_one_line_and_leaves_no_half_written_shards(
+    tmp_path, capsys, monkeypatch
+):
+    from imgclf.stages import ingest, preprocess
+    from tests.conftest import write_dataset
+
+    data = write_dataset(tmp_path / "data", n_train=4, n_test=2)
+    cfg = tiny_config()
+    ingest.run(cfg, in_dir=data, out_dir=tmp_path / "ingest", track=False)
+    params = write_params(tmp_path / "params.yaml", cfg)
+    calls = []
+
+    def fails_on_the_third_image(*args, **kwargs):  # a memory cap hit part-way through
+        calls.append(1)
+        if len(calls) == 3:
+            raise MemoryError
+        return real(*args, **kwargs)
+
+    real = preprocess.load_resized
+    monkeypatch.setattr(preprocess, "load_resized", fails_on_the_third_image)
+    out = tmp_path / "pre"
+    argv = ["preprocess", "--params", str(params), "--data", str(data)]
+    code = cli.main([*argv, "--ingest", str(tmp_path / "ingest"), "--out", str(out)])
+    assert code == cli.EXIT_OUT_OF_MEMORY != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "imgclf preprocess: out of memory (MemoryError): lower data.workers or train.batch_size, "
+        "or give the process more memory; nothing was left half-written"
+    ]
+    assert len(calls) == 3
+    # No shard folder, finished or temporary (".shards.partial"): `dvc repro` starts clean.
+    assert [p.name for p in out.iterdir()] == []

@@ -18,6 +18,8 @@ from imgclf.cli.command import Command, setup_logging
 from imgclf.errors import EXIT_USER_ERROR, ImgclfError
 from imgclf.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED
 
+EXIT_OUT_OF_MEMORY = 1  # a process over its memory limit (MemoryError)
+
 COMMANDS: dict[str, Command] = {
     c.name: c for c in (*pipeline.COMMANDS, *models.COMMANDS, *runs.COMMANDS, *team.COMMANDS)
 }
@@ -44,6 +46,16 @@ def main(argv: list[str] | None = None) -> int:
     except ImgclfError as exc:
         print(f"imgclf {command.name}: {one_line(exc)}", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
+    except MemoryError:
+        # At scale, a process over its memory limit (ulimit -v, a container's cap) gets here;
+        # every stage output is written under a temporary name, so nothing half-written stays.
+        print(
+            f"imgclf {command.name}: out of memory (MemoryError): lower data.workers or "
+            "train.batch_size, or give the process more memory; nothing was left half-written",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_OUT_OF_MEMORY
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (interrupts.Terminated)
         status, what = interrupts.exit_status(exc)
         print(f"imgclf {command.name}: {what}", file=sys.stderr, flush=True)
@@ -56,4 +68,11 @@ def one_line(exc: BaseException) -> str:
     return "; ".join(lines) or type(exc).__name__
 
 
-__all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_USER_ERROR", "main"]
+__all__ = [
+    "COMMANDS",
+    "EXIT_INTERRUPTED",
+    "EXIT_OUT_OF_MEMORY",
+    "EXIT_TERMINATED",
+    "EXIT_USER_ERROR",
+    "main",
+]
