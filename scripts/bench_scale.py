@@ -103,7 +103,7 @@ def run_stage(cmd: list[str], cwd: Path, env: dict[str, str], log: Path, cap: in
             elapsed = time.perf_counter() - started
             if not killed and (tree > cap or elapsed > timeout):
                 killed = (
-                    f"killed: tree RSS over {cap / 2**30:.0f} GB"
+                    f"killed: tree RSS over {cap / 2**30:g} GB"
                     if tree > cap
                     else f"killed: over the {timeout:.0f} s timeout"
                 )
