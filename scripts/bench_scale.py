@@ -208,10 +208,20 @@ def measure_size(
         r = run_stage(cmd, project, stage_env, log, int(args.max_rss_gb * 2**30), args.timeout)
         r["images_per_s"] = n / r["wall_s"]
         rows.append({"stage": stage, "n": n, **r})
+        if stage == "evaluate" and r["status"] == "ok":
+            r |= learned(project)
         print(f"  {stage}: {r['wall_s']:.1f} s, {r['peak_rss_mb']:.0f} MB, {r['status']}")
         if r["status"] != "ok":
             broken = stage
     return gen, rows
+
+
+def learned(project: Path) -> dict[str, float]:
+    """Evaluate's test and leak-free accuracy: whether one epoch learned the synthetic classes."""
+    from imgclf.artifacts import EvaluateOutputs
+
+    m = EvaluateOutputs.in_project(project).read_metrics()
+    return {k: m[k] for k in ("accuracy", "leakfree_accuracy") if m.get(k) is not None}
 
 
 def render(scale: dict[str, Any]) -> str:
@@ -249,6 +259,18 @@ def render(scale: dict[str, Any]) -> str:
                 f"| {ratio['wall']:.1f}× | {ratio['cpu']:.1f}× | | | | target ≤ 1.5× |"
             )
     lines.append("")
+    scored = [(m["n"], r) for m in sizes for r in m["rows"] if "accuracy" in r]
+    if scored:
+        lines += [
+            "Evaluate's test accuracy after the one epoch (leak-free in brackets): "
+            + ", ".join(
+                f"{n:,} images {100 * r['accuracy']:.1f} % "
+                f"({100 * r.get('leakfree_accuracy', float('nan')):.1f} %)"
+                for n, r in scored
+            )
+            + ".",
+            "",
+        ]
     for m in sizes:
         g = m["generate"]
         lines.append(
