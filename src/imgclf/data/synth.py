@@ -147,17 +147,19 @@ def _shading(rng: np.random.Generator, width: int, height: int) -> Image.Image:
     by several grey levels: re-encoding or a small brightness shift cannot flip it. Each step's
     sign is random unless it would leave [0, SHADE] (never both ways: SHADE >= 2 x 20).
     """
-    steps = rng.uniform(8, 20, (HASH_ROWS, HASH_COLS - 1))
-    signs = rng.random((HASH_ROWS, HASH_COLS - 1)) < 0.5
-    cells = np.empty((HASH_ROWS, HASH_COLS), np.uint8)
-    for r in range(HASH_ROWS):
-        v = float(rng.uniform(0, SHADE))
-        cells[r, 0] = v
-        for c in range(HASH_COLS - 1):
-            s = steps[r, c]
-            up = signs[r, c] if v - s >= 0 and v + s <= SHADE else v + s <= SHADE
+    steps = rng.uniform(8, 20, (HASH_ROWS, HASH_COLS - 1)).tolist()  # plain floats: 10x faster
+    signs = (rng.random((HASH_ROWS, HASH_COLS - 1)) < 0.5).tolist()
+    starts = rng.uniform(0, SHADE, HASH_ROWS).tolist()
+    rows = []
+    for v, row_steps, row_signs in zip(starts, steps, signs, strict=True):
+        row = [v]
+        for s, up in zip(row_steps, row_signs, strict=True):
+            if not (v - s >= 0 and v + s <= SHADE):
+                up = v + s <= SHADE
             v = v + s if up else v - s
-            cells[r, c + 1] = round(v)
+            row.append(v)
+        rows.append(row)
+    cells = np.rint(rows).astype(np.uint8)
     # Bilinear to a quarter of the size, then blocks of 4 px: a third of the cost of bilinear
     # all the way, and the grain on top hides the blocks.
     quarter = (max(1, width // 4), max(1, height // 4))
@@ -214,22 +216,30 @@ def draw_image(seed: int, index: int, cls: int, classes: int) -> tuple[Image.Ima
     thick = max(2, int(height * lay["line_thick"]))
     ink = _lift(lay["ink"])
     y = body_top + int(height * jitter[4])
-    for _ in range(lay["lines"]):
+    # Random numbers drawn in blocks and walked as lists: one generator call per block instead of
+    # two per word or bar (a third of the drawing time, when drawn one by one).
+    ends = rng.uniform(0.4, 1.0, lay["lines"]).tolist()
+    words = (width * rng.uniform(0.03, 0.12, 512)).astype(int).tolist()
+    gaps = (width * rng.uniform(0.01, 0.025, 512)).astype(int).tolist()
+    k = 0
+    for line_end in ends:
         x = col0
-        end = col0 + int((col1 - col0) * rng.uniform(0.4, 1.0))
-        while x < end:
-            w = int(width * rng.uniform(0.03, 0.12))
-            d.rectangle((x, y, min(x + w, end), y + thick), fill=ink)
-            x += w + int(width * rng.uniform(0.01, 0.025))
+        end = col0 + int((col1 - col0) * line_end)
+        while x < end and k < len(words):
+            d.rectangle((x, y, min(x + words[k], end), y + thick), fill=ink)
+            x += words[k] + gaps[k]
+            k += 1
         y += int(height * lay["line_gap"]) + thick
         if y > body_bottom:
             break
     if lay["barcode"]:
         bx, by = margin, height - margin - int(height * 0.1)
-        while bx < width * 0.6:
-            w = int(rng.integers(1, 5))
-            d.rectangle((bx, by, bx + w, by + int(height * 0.08)), fill=_lift((0, 0, 0)))
-            bx += w + int(rng.integers(1, 5))
+        bar_h, black = int(height * 0.08), _lift((0, 0, 0))
+        for w, gap in rng.integers(1, 5, (512, 2)).tolist():
+            if bx >= width * 0.6:
+                break
+            d.rectangle((bx, by, bx + w, by + bar_h), fill=black)
+            bx += w + gap
 
     # Grain and shading darken the whole card (header included), both in C via ImageChops.
     tile = _noise_tile(seed)
@@ -239,7 +249,7 @@ def draw_image(seed: int, index: int, cls: int, classes: int) -> tuple[Image.Ima
     # The *_modulo operations are 20x faster than the clipping ones and exact here: every
     # colour is at least DARKEST (_lift) and the darkening at most SHADE + GRAIN.
     dark = ImageChops.add_modulo(_shading(rng, width, height), grain)
-    img = ImageChops.subtract_modulo(img, dark.convert("RGB"))
+    img = ImageChops.subtract_modulo(img, Image.merge("RGB", (dark, dark, dark)))
     return img, int(rng.integers(QUALITY[0], QUALITY[1] + 1))
 
 
