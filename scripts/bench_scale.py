@@ -207,9 +207,9 @@ def measure_size(
         log = project / f"{stage}.log"
         r = run_stage(cmd, project, stage_env, log, int(args.max_rss_gb * 2**30), args.timeout)
         r["images_per_s"] = n / r["wall_s"]
-        rows.append({"stage": stage, "n": n, **r})
         if stage == "evaluate" and r["status"] == "ok":
             r |= learned(project)
+        rows.append({"stage": stage, "n": n, **r})
         print(f"  {stage}: {r['wall_s']:.1f} s, {r['peak_rss_mb']:.0f} MB, {r['status']}")
         if r["status"] != "ok":
             broken = stage
