@@ -98,7 +98,9 @@ def test_every_file_validates_and_the_leakage_found_is_exactly_the_planted_copie
     assert leaky == {c for c, _ in planted} | {s for _, s in planted}
 
 
-def test_impossible_requests_and_a_non_empty_folder_are_refused(synth, tmp_path) -> None:
+def test_impossible_requests_and_a_non_empty_folder_are_refused(
+    synth, tmp_path, monkeypatch
+) -> None:
     with pytest.raises(SynthError, match="do not fit"):
         write_synthetic(tmp_path / "a", 100, exact_fraction=0.1, near_fraction=0.1, workers=1)
     with pytest.raises(SynthError, match="at least"):
@@ -106,6 +108,10 @@ def test_impossible_requests_and_a_non_empty_folder_are_refused(synth, tmp_path)
     with pytest.raises(SynthError, match="not an empty folder"):
         write_synthetic(synth.root, 40, workers=1)
     assert not list(tmp_path.iterdir())  # nothing half-written left behind
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(SynthError, match="the current folder"):
+        write_synthetic(".", 40, workers=1)  # the rename into place would replace the cwd
 
 
 def test_the_cli_writes_the_dataset_and_says_so_in_one_line(tmp_path, capsys) -> None:

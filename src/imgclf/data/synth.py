@@ -65,8 +65,9 @@ class SynthSummary:
 
 
 @dataclass(frozen=True)
-class _File:
-    """One file to write: an original (``source`` None) or a copy of training file ``source``."""
+class PlannedFile:
+    """One file of :func:`plan`: an original (``source`` None) or a copy of training file
+    ``source``."""
 
     index: int
     rel: str
@@ -82,14 +83,14 @@ def class_names(classes: int) -> list[str]:
     return [f"class_{k:0{width}d}" for k in range(classes)]
 
 
-def _write_original(f: _File, *, seed: int, classes: int, root: str) -> int:
+def _write_original(f: PlannedFile, *, seed: int, classes: int, root: str) -> int:
     img, quality = draw_image(seed, f.index, f.cls, classes)
     data = encode(img, quality)
     Path(root, f.rel).write_bytes(data)
     return len(data)
 
 
-def _write_copy(f: _File, *, seed: int, root: str) -> int:
+def _write_copy(f: PlannedFile, *, seed: int, root: str) -> int:
     data = Path(root, f.source_rel).read_bytes()
     if f.variant != "exact":
         rng = rng_for(seed, IMAGE_KEY, f.index)
@@ -113,7 +114,7 @@ def plan(
     test_fraction: float = 0.2,
     exact_fraction: float = 0.02,
     near_fraction: float = 0.02,
-) -> list[_File]:
+) -> list[PlannedFile]:
     """Every file of the dataset, in index order: which split and class, which are copies.
 
     Classes take turns (file ``i`` is class ``i % classes``), so every split is balanced to one
@@ -138,9 +139,9 @@ def plan(
     def rel(i: int, split: str) -> str:
         return f"{split}/{names[i % classes]}/{names[i % classes]}_{i:0{width}d}.jpg"
 
-    files = [_File(i, rel(i, TRAIN_DIR), i % classes) for i in range(n_train)]
+    files = [PlannedFile(i, rel(i, TRAIN_DIR), i % classes) for i in range(n_train)]
     first_copy = n - n_exact - n_near
-    files += [_File(i, rel(i, TEST_DIR), i % classes) for i in range(n_train, first_copy)]
+    files += [PlannedFile(i, rel(i, TEST_DIR), i % classes) for i in range(n_train, first_copy)]
     rng = rng_for(seed, PLAN_KEY, 0)
     # Distinct sources per class, in a seeded order; a class short of training files wraps.
     pools = [rng.permutation(np.arange(k, n_train, classes)) for k in range(classes)]
@@ -150,7 +151,7 @@ def plan(
         src = int(pools[k][taken[k] % len(pools[k])])
         taken[k] += 1
         variant = "exact" if j < n_exact else ("quality", "brightness")[int(rng.integers(0, 2))]
-        files.append(_File(i, rel(i, TEST_DIR), k, src, rel(src, TRAIN_DIR), variant))
+        files.append(PlannedFile(i, rel(i, TEST_DIR), k, src, rel(src, TRAIN_DIR), variant))
     return files
 
 
@@ -185,6 +186,8 @@ def write_synthetic(
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise SynthError(f"{root}: exists and is not an empty folder; give a new one")
+    if root.resolve() == Path.cwd().resolve():  # it is replaced by a rename: not the cwd
+        raise SynthError(f"{root}: the current folder; give a new one")
     files = plan(
         n,
         classes=classes,
@@ -194,7 +197,7 @@ def write_synthetic(
         near_fraction=near_fraction,
     )
     names = class_names(classes)
-    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")
+    tmp = root.resolve().with_name(f".{root.resolve().name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     for split in (TRAIN_DIR, TEST_DIR):
         for name in names:
@@ -225,7 +228,7 @@ def write_synthetic(
         )
         (tmp / MANIFEST).write_text(json.dumps(summary.manifest(), indent=1), encoding="utf-8")
         if root.exists():
-            root.rmdir()  # empty, checked above: os.replace cannot rename onto a folder
+            root.rmdir()  # empty (checked above); renaming onto a folder is not portable
         os.replace(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
