@@ -15,7 +15,7 @@ export PATH := $(BIN):$(PATH)
 IMGCLF_VERBOSE ?= 0
 export IMGCLF_VERBOSE
 
-.PHONY: setup repro test test-slow test-isa test-all ui compare params lint sweep bench clean help browser
+.PHONY: setup repro test test-slow test-isa test-all ui compare params lint sweep bench bench-scale clean help browser
 
 help:
 	@echo "make repro   set up .venv, dvc pull the data, dvc repro the pipeline, show metrics"
@@ -30,6 +30,9 @@ help:
 	@echo "make lint    ruff (lint + format), mypy on src/, import-linter's layering contracts"
 	@echo "make bench   measure accuracy (3 seeds), repro time, throughput; write BENCHMARKS.md"
 	@echo "             (BENCH_ARGS=--cv-repeats=3: the CV rows over 3 training seeds, 3x their cost)"
+	@echo "make bench-scale  each stage at 1k and 10k synthetic images: time, images/s, peak RSS"
+	@echo "             (BENCH_SCALE_SIZES=1000,10000,100000:ingest; BENCH_SCALE_ARGS=\"--json"
+	@echo "             benchmarks.json --markdown BENCHMARKS.md\" records it)"
 
 setup: $(STAMP)
 
@@ -107,6 +110,13 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/dvc pull --quiet data.dvc
 	$(BIN)/python scripts/bench.py $(BENCH_ARGS)
+
+# Stages at dataset sizes the real data never reaches, on synthetic cards (imgclf synth); prints
+# a table and writes nothing unless BENCH_SCALE_ARGS says where (scripts/bench_scale.py).
+BENCH_SCALE_SIZES ?= 1000,10000
+BENCH_SCALE_ARGS ?=
+bench-scale: $(STAMP)
+	$(BIN)/python scripts/bench_scale.py --sizes $(BENCH_SCALE_SIZES) $(BENCH_SCALE_ARGS)
 
 clean:
 	rm -rf artifacts .pytest_cache

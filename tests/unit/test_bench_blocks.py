@@ -68,3 +68,10 @@ def test_the_cv_block_says_whether_its_interval_covers_the_seed() -> None:
     assert "mean over 3 training seeds" in three and "resampling groups and seeds" in three
     assert "| accuracy: standard deviation over the seeds | 1.2 points | 1.2 points | |" in three
     assert bench_cv.figures(r)["cv_repeats"] == 3
+
+
+def test_the_committed_scale_block_is_drawn_from_the_committed_figures() -> None:
+    """BENCHMARKS.md's scale block is bench_scale.render of benchmarks.json's `scale`."""
+    scale = json.loads((REPO_ROOT / "benchmarks.json").read_text())["scale"]
+    block = _load("bench_scale").render(scale)
+    assert block.rstrip("\n") in (REPO_ROOT / "BENCHMARKS.md").read_text()

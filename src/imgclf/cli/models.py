@@ -1,4 +1,5 @@
-"""The subcommands over trained models and datasets: validate, predict, serve, promote, registry."""
+"""The subcommands over trained models and datasets: validate, synth, predict, serve, promote,
+registry."""
 
 from __future__ import annotations
 
@@ -44,6 +45,30 @@ def _validate(args: argparse.Namespace) -> int:
     for problem in v.problems:
         log.error("not usable: %s", problem)
     return 0 if v.usable else 1
+
+
+def _synth_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="new (or empty) folder to write the dataset in")
+    p.add_argument("--n", type=int, required=True, help="images in all, planted copies included")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
+    p.add_argument("--classes", type=int, default=5)
+    p.add_argument("--workers", type=int, default=0, help="writing processes (0: every core)")
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from imgclf.data.synth import write_synthetic
+
+    s = write_synthetic(
+        Path(args.out), args.n, classes=args.classes, seed=args.seed, workers=args.workers
+    )
+    train, test = (sum(c.values()) for c in s.counts.values())
+    print(
+        f"{s.root}: {s.n} JPEGs ({train} train, {test} test, {len(s.classes)} classes; "
+        f"{len(s.exact)} exact and {len(s.near)} near copies of training files in the test split, "
+        f"listed in synth.json), {s.bytes_written / 1e6:.0f} MB in {s.seconds:.1f} s "
+        f"({s.n / s.seconds:.0f} images/s)"
+    )
+    return 0
 
 
 def _predict_args(p: argparse.ArgumentParser) -> None:
@@ -246,6 +271,13 @@ COMMANDS = [
         "(trains nothing)",
         _validate_args,
         _validate,
+    ),
+    Command(
+        "synth",
+        "write a synthetic card-like dataset (Training_data/ + Testing_Data/) with planted "
+        "exact and near copies, for benchmarks at any size",
+        _synth_args,
+        _synth,
     ),
     Command("predict", "classify image files or folders", _predict_args, _predict),
     Command(
