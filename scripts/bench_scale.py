@@ -10,7 +10,9 @@ the ``imgclf`` console script's code), in that order: ingest, preprocess, train,
 Memory, per stage process:
 - peak RSS: ``ru_maxrss`` from ``os.wait4`` on the stage's pid. Linux reports the largest
   single process of the stage's tree there (the stage, or one of its decoding workers, once
-  reaped), not their sum;
+  reaped), not their sum Linux also carries the parent's RSS at fork into a child's
+  ``ru_maxrss``, so this script's own RSS when it starts a stage is a floor under the figure
+  (tests/unit/test_bench_scale.py starts its stage from a small process for that reason);
 - tree RSS: the sum over the stage's process group (its pool workers included), sampled every
   0.2 s from /proc. It is also the guard: above ``--max-rss-gb`` the whole group is killed and
   the row says so. An RSS guard rather than ``RLIMIT_AS``: TensorFlow reserves far more address
