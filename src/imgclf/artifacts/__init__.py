@@ -15,11 +15,11 @@ a killed stage never leaves half a file.
 
 from imgclf.artifacts.layout import ARTIFACTS_DIR, File, Outputs
 from imgclf.artifacts.model_folder import FORMAT_FILES, ModelDescription, ModelFolder
+from imgclf.artifacts.shard_writer import ShardWriter
 from imgclf.artifacts.shards import (
     Rows,
     ShardError,
     ShardReader,
-    ShardWriter,
     concat,
     rows_per_shard,
 )

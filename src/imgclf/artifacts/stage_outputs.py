@@ -13,7 +13,8 @@ import numpy as np
 
 from imgclf.artifacts.layout import File, Outputs
 from imgclf.artifacts.model_folder import FORMAT_FILES, ModelDescription, ModelFolder
-from imgclf.artifacts.shards import MANIFEST, ShardReader, ShardWriter, write_subsets
+from imgclf.artifacts.shard_writer import ShardWriter, write_subsets
+from imgclf.artifacts.shards import MANIFEST, ShardReader
 from imgclf.fileio import atomic_path, read_json, write_csv, write_json
 
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from imgclf import interrupts
-from imgclf.cli import models, pipeline, runs, team
+from imgclf.cli import datasets, models, pipeline, runs, team
 from imgclf.cli.command import Command, setup_logging
 from imgclf.errors import EXIT_USER_ERROR, ImgclfError
 from imgclf.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED
@@ -21,7 +21,14 @@ from imgclf.interrupts import EXIT_INTERRUPTED, EXIT_TERMINATED
 EXIT_OUT_OF_MEMORY = 1  # a process over its memory limit (MemoryError)
 
 COMMANDS: dict[str, Command] = {
-    c.name: c for c in (*pipeline.COMMANDS, *models.COMMANDS, *runs.COMMANDS, *team.COMMANDS)
+    c.name: c
+    for c in (
+        *pipeline.COMMANDS,
+        *datasets.COMMANDS,
+        *models.COMMANDS,
+        *runs.COMMANDS,
+        *team.COMMANDS,
+    )
 }
 
 
