@@ -38,6 +38,11 @@ def cpu_flags() -> frozenset[str]:
     return frozenset(_cpuinfo().get("flags", "").split())
 
 
+def cpu_vendor() -> str:
+    """``AuthenticAMD``, ``GenuineIntel``...: /proc/cpuinfo's ``vendor_id`` ("" where none)."""
+    return _cpuinfo().get("vendor_id", "")
+
+
 def host_cpu() -> str:
     """``"<model name> (<SIMD flags>)"`` from /proc/cpuinfo, e.g. ``AMD EPYC (sse4_2 avx avx2
     fma)``; elsewhere what :func:`platform.processor` says. A cap on oneDNN's instruction set

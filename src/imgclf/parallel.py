@@ -50,11 +50,23 @@ def worker_count(requested: int = 0) -> int:
 def map_in_processes(fn: Callable[..., T], items: Iterable[Any], workers: int = 0) -> list[T]:
     """``[fn(x) for x in items]`` across processes, order kept; in-process for one worker."""
     items = list(items)
+    return [r for chunk in _local_chunks(fn, items, max(1, len(items)), workers) for r in chunk]
+
+
+def _local_chunks(
+    fn: Callable[..., T], items: Sequence[Any], chunk_size: int, workers: int
+) -> Iterator[list[T]]:
+    """Each ``chunk_size`` of ``items`` mapped by one process pool (in-process for one worker or
+    a handful of items), in order."""
+    chunks = (items[i : i + chunk_size] for i in range(0, len(items), chunk_size))
     n = min(worker_count(workers), max(1, len(items)))
     if n == 1 or len(items) < 16:
-        return [fn(x) for x in items]
+        for chunk in chunks:
+            yield [fn(x) for x in chunk]
+        return
     with ProcessPoolExecutor(max_workers=n) as pool:
-        return list(pool.map(fn, items, chunksize=max(1, len(items) // (n * 8))))
+        for chunk in chunks:
+            yield list(pool.map(fn, chunk, chunksize=max(1, len(chunk) // (n * 8))))
 
 
 @dataclass(frozen=True)
@@ -89,19 +101,11 @@ def map_files_in_chunks(
 ) -> Iterator[list[T]]:
     """:func:`map_files` over ``paths`` ``chunk_size`` at a time, yielding each chunk's results
     in order: one pool (or client) for all chunks, at most one chunk's results held here."""
-    chunks = (paths[i : i + chunk_size] for i in range(0, len(paths), chunk_size))
-    if engine.name != "local":
-        for chunk in chunks:
-            yield map_files(fn, chunk, engine)
+    if engine.name == "local":
+        yield from _local_chunks(fn, paths, chunk_size, engine.workers)
         return
-    n = min(worker_count(engine.workers), max(1, len(paths)))
-    if n == 1 or len(paths) < 16:
-        for chunk in chunks:
-            yield [fn(x) for x in chunk]
-        return
-    with ProcessPoolExecutor(max_workers=n) as pool:
-        for chunk in chunks:
-            yield list(pool.map(fn, chunk, chunksize=max(1, len(chunk) // (n * 8))))
+    for i in range(0, len(paths), chunk_size):
+        yield map_files(fn, paths[i : i + chunk_size], engine)
 
 
 def _apply(fn: Callable[[Path], T], chunk: list[Path]) -> list[T]:

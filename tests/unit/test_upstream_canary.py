@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import tensorflow as tf
 
-from imgclf.host import cpu_flags
+from imgclf.host import cpu_flags, cpu_vendor
 from tests.conftest import REPO_ROOT
 
 CANARY = """
@@ -63,15 +62,8 @@ print(float(np.max(np.abs(got - want[2])) / np.max(np.abs(want[2]))))
 """
 
 
-def _amd() -> bool:
-    text = (
-        Path("/proc/cpuinfo").read_text(errors="replace") if Path("/proc/cpuinfo").is_file() else ""
-    )
-    return "AuthenticAMD" in text
-
-
 @pytest.mark.skipif(
-    "avx512f" not in cpu_flags() or not _amd(),
+    "avx512f" not in cpu_flags() or cpu_vendor() != "AuthenticAMD",
     reason="measured on an AMD Zen 4 only (AVX-512); on this host the symptom is not known",
 )
 def test_the_strided_1x1_conv_gradient_is_still_wrong_under_avx2_kernels_on_avx512():
