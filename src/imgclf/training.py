@@ -54,7 +54,7 @@ def make_datasets(
     each batch's images through the reader. ``shuffle`` draws its permutation from the seed
     and the buffer size alone, so these are the very batches, in the same order, that
     ``from_tensor_slices((x, y)).shuffle(n, seed)`` gave over in-memory tensors
-    (tests/unit/test_training_data.py). The validation pipeline is None when the validation
+    (tests/unit/test_shards.py). The validation pipeline is None when the validation
     split is empty (a refit).
     """
     import tensorflow as tf
